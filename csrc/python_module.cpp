@@ -1,0 +1,47 @@
+// The Python extension module deconvnet_ext._C: importing it runs the static
+// registrations of every op (ops.cpp and the per-device kernel files), and it
+// reports how the library was built. The CMake build leaves this file out.
+#include <torch/extension.h>
+
+#include <string>
+
+#ifndef DECONVNET_EXT_VERSION
+#define DECONVNET_EXT_VERSION "unknown"
+#endif
+#ifndef DECONVNET_EXT_TORCH_VERSION
+#define DECONVNET_EXT_TORCH_VERSION "unknown"
+#endif
+#ifndef DECONVNET_EXT_CUDA_ARCH_LIST
+#define DECONVNET_EXT_CUDA_ARCH_LIST ""
+#endif
+
+namespace {
+
+bool cpu_has_avx2_fma() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "deconvnet_ext compiled ops (registered under torch.ops.deconvnet_ext)";
+  m.def("build_info", []() {
+    pybind11::dict info;
+    info["version"] = DECONVNET_EXT_VERSION;
+#ifdef WITH_CUDA
+    info["with_cuda"] = true;
+#else
+    info["with_cuda"] = false;
+#endif
+    info["cuda_arch_list"] = std::string(DECONVNET_EXT_CUDA_ARCH_LIST);
+    info["torch_version"] = DECONVNET_EXT_TORCH_VERSION;
+    info["cpu_avx2_fma"] = cpu_has_avx2_fma();
+    return info;
+  }, "How this build of deconvnet_ext was compiled: version, CUDA kernels or not, "
+     "CUDA arch list, torch version built against, and whether this CPU takes "
+     "the AVX2/FMA paths.");
+}

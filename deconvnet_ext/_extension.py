@@ -1,0 +1,17 @@
+"""Loads the compiled extension, which registers torch.ops.deconvnet_ext.*."""
+import torch  # noqa: F401  (loads libc10 / libtorch before our extension)
+
+try:
+    from . import _C  # noqa: F401  (import runs the TORCH_LIBRARY registrations)
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "deconvnet_ext's compiled ops could not be loaded "
+        f"({exc}). Build them against the torch you run with: "
+        "`pip install --no-build-isolation -e .` from the source tree."
+    ) from exc
+
+
+def build_info() -> dict:
+    """How this build was compiled: {'version', 'with_cuda', 'cuda_arch_list',
+    'torch_version', 'cpu_avx2_fma'}."""
+    return dict(_C.build_info())
