@@ -12,15 +12,19 @@ Stage 2 (hard): crops from object proposals that overlap a ground-truth instance
 (proposals="jitter"). Crops whose best-matching instance is of a rare class are
 repeated (oversampled) so every class is seen about as often.
 
-Randomness: item i of epoch e uses np.random.default_rng([seed, stage, e, i]), so an
-epoch is reproducible and a resumed run sees the same crops. Call `set_epoch(e)` before
-each epoch (with DataLoader workers, before the iterator is created, and without
-persistent_workers).
+Randomness (crop offset, mirror), two modes:
+  - seed=None (default): drawn from torch's global generator, so a trainer that seeds
+    torch per sample position (as deconvnet_ext.train does) gets reproducible,
+    resumable crops that differ from epoch to epoch;
+  - seed=int: item i of epoch e uses np.random.default_rng([seed, stage, e, i]),
+    independent of any global state. Call `set_epoch(e)` before each epoch (with
+    DataLoader workers, before the iterator is created, without persistent_workers).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -52,13 +56,14 @@ class InstanceCrops(torch.utils.data.Dataset):
     class ids with 255 = ignore), S = input_size.
 
     enlarge: box enlargement before cropping (1.2). mirror: random horizontal flips.
+    seed: None (torch's global RNG) or an int (own per-(epoch, index) generator).
     proposals ("selective_search" | "jitter"), max_proposals, min_size (None = the
     original 112 px scaled to the image; see proposals.scaled_min_size, divided by 2
     here so that stage 2 sees smaller objects too), iou_threshold, oversample,
     max_repeat, cache_dir: stage 2 only."""
 
     def __init__(self, dataset: VOCSegmentation, input_size: int, stage: int = 1, *,
-                 enlarge: float = 1.2, mirror: bool = True, seed: int = 0,
+                 enlarge: float = 1.2, mirror: bool = True, seed: int | None = None,
                  proposals: str = "selective_search", max_proposals: int = 200,
                  min_size: int | None = None, iou_threshold: float = 0.5,
                  oversample: bool = True, max_repeat: int = 8,
@@ -71,7 +76,10 @@ class InstanceCrops(torch.utils.data.Dataset):
             raise ValueError(f"proposals must be 'selective_search' or 'jitter', got "
                              f"{proposals!r}")
         self.dataset, self.input_size, self.stage = dataset, int(input_size), stage
-        self.enlarge, self.mirror, self.seed = float(enlarge), bool(mirror), int(seed)
+        self.enlarge, self.mirror = float(enlarge), bool(mirror)
+        self.seed = None if seed is None else int(seed)
+        # jittered stage-2 boxes are computed once (and cached): always seeded
+        self.proposal_seed = 0 if seed is None else int(seed)
         self.epoch = 0
         self.progress = progress
         # items: int64 (K, 7) rows of sample index, box x0 y0 x1 y1, class, instance id
@@ -107,7 +115,7 @@ class InstanceCrops(torch.utils.data.Dataset):
     def _proposal_items(self, method: str, max_proposals: int, min_size: int | None,
                         iou_threshold: float, cache_dir) -> np.ndarray:
         key = {"v": _CACHE_VERSION, "method": method, "max": max_proposals,
-               "min_size": min_size, "iou": iou_threshold, "seed": self.seed,
+               "min_size": min_size, "iou": iou_threshold, "seed": self.proposal_seed,
                "root": str(getattr(self.dataset, "root", "")),
                "names": hashlib.sha1("\n".join(getattr(self.dataset, "names", [])).encode()
                                      ).hexdigest()}
@@ -147,7 +155,8 @@ class InstanceCrops(torch.utils.data.Dataset):
         items = np.asarray(rows, np.int64).reshape(-1, 7)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npy")
+            # unique temp name: several (DDP) processes may build the same cache
+            tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npy")
             np.save(tmp, items, allow_pickle=False)
             tmp.replace(cache)  # atomic: a killed run leaves no half-written cache
         return items
@@ -155,7 +164,7 @@ class InstanceCrops(torch.utils.data.Dataset):
     def _jittered_boxes(self, gt: np.ndarray, shape, index: int, count: int) -> np.ndarray:
         """Cheap stand-in for proposals: up to 10 copies of each GT box, shifted by up to 20% and rescaled
         0.8-1.25x per side, clipped to the image; seeded by (seed, image index)."""
-        rng = np.random.default_rng([self.seed, 2, index])
+        rng = np.random.default_rng([self.proposal_seed, 2, index])
         height, width = shape
         per = max(1, min(JITTER_PER_INSTANCE, count // max(1, len(gt))))
         out = []
@@ -197,7 +206,11 @@ class InstanceCrops(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} crops")
         sample_index, x0, y0, x1, y1, cls, inst_id = (int(v) for v in
                                                       self.items[self.order[index]])
-        rng = np.random.default_rng([self.seed, self.stage, self.epoch, index])
+        if self.seed is None:
+            u_x, u_y, u_flip = torch.rand(3, dtype=torch.float64).tolist()
+        else:
+            u_x, u_y, u_flip = np.random.default_rng(
+                [self.seed, self.stage, self.epoch, index]).random(3).tolist()
         sample = self.dataset[sample_index]
         if self.stage == 1:
             label = self._single_instance_label(sample.label, sample.instances, inst_id, cls)
@@ -208,10 +221,11 @@ class InstanceCrops(torch.utils.data.Dataset):
         # box -> big x big, then a random s x s window: compose into one box
         bx0, by0, bx1, by1 = _enlarge((x0, y0, x1, y1), self.enlarge)
         per_px_x, per_px_y = (bx1 - bx0) / big, (by1 - by0) / big
-        ox, oy = int(rng.integers(0, big - s + 1)), int(rng.integers(0, big - s + 1))
+        ox = min(int(u_x * (big - s + 1)), big - s)
+        oy = min(int(u_y * (big - s + 1)), big - s)
         box = [bx0 + ox * per_px_x, by0 + oy * per_px_y,
                bx0 + (ox + s) * per_px_x, by0 + (oy + s) * per_px_y]
-        flip = self.mirror and bool(rng.random() < 0.5)
+        flip = self.mirror and u_flip < 0.5
         image = crop_image(sample.image, box, s, flip)
         label = crop_label(label, box, s, flip)
         return image_to_tensor(image), torch.from_numpy(label).long()
