@@ -58,9 +58,9 @@ class InstanceCrops(torch.utils.data.Dataset):
     enlarge: box enlargement before cropping (1.2). mirror: random horizontal flips.
     seed: None (torch's global RNG) or an int (own per-(epoch, index) generator).
     proposals ("selective_search" | "jitter"), max_proposals, min_size (None = the
-    original 112 px scaled to the image; see proposals.scaled_min_size, divided by 2
-    here so that stage 2 sees smaller objects too), iou_threshold, oversample,
-    max_repeat, cache_dir: stage 2 only."""
+    original 112 px scaled to the image; see proposals.scaled_min_size, divided by 4
+    here so that stage 2 also trains on small and thin objects), iou_threshold,
+    oversample, max_repeat, cache_dir: stage 2 only."""
 
     def __init__(self, dataset: VOCSegmentation, input_size: int, stage: int = 1, *,
                  enlarge: float = 1.2, mirror: bool = True, seed: int | None = None,
@@ -139,7 +139,7 @@ class InstanceCrops(torch.utils.data.Dataset):
                 continue
             gt = np.asarray([box for _, box, _ in records], np.int64)
             if method == "selective_search":
-                size = (scaled_min_size(label.shape) // 2 if min_size is None
+                size = (max(1, scaled_min_size(label.shape) // 4) if min_size is None
                         else int(min_size))
                 boxes = propose(sample.image, max_proposals, size)
             else:
