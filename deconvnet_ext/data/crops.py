@@ -162,8 +162,9 @@ class InstanceCrops(torch.utils.data.Dataset):
         return items
 
     def _jittered_boxes(self, gt: np.ndarray, shape, index: int, count: int) -> np.ndarray:
-        """Cheap stand-in for proposals: up to 10 copies of each GT box, shifted by up to 20% and rescaled
-        0.8-1.25x per side, clipped to the image; seeded by (seed, image index)."""
+        """Cheap stand-in for proposals: up to 10 copies of each GT box, shifted by up
+        to 20% and rescaled 0.8-1.25x per side, clipped to the image; seeded by (seed,
+        image index)."""
         rng = np.random.default_rng([self.proposal_seed, 2, index])
         height, width = shape
         per = max(1, min(JITTER_PER_INSTANCE, count // max(1, len(gt))))
