@@ -117,8 +117,7 @@ class InstanceCrops(torch.utils.data.Dataset):
         key = {"v": _CACHE_VERSION, "method": method, "max": max_proposals,
                "min_size": min_size, "iou": iou_threshold, "seed": self.proposal_seed,
                "root": str(getattr(self.dataset, "root", "")),
-               "names": hashlib.sha1("\n".join(getattr(self.dataset, "names", [])).encode()
-                                     ).hexdigest()}
+               "files": self._files_fingerprint()}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"stage2_{method}_{digest}.npy" if cache_dir else None
         if cache is not None and cache.is_file():
@@ -160,6 +159,18 @@ class InstanceCrops(torch.utils.data.Dataset):
             np.save(tmp, items, allow_pickle=False)
             tmp.replace(cache)  # atomic: a killed run leaves no half-written cache
         return items
+
+    def _files_fingerprint(self) -> str:
+        """Hash of the split's ids and their files' sizes and mtimes: a regenerated
+        dataset in the same folder does not reuse a stale proposal cache."""
+        digest = hashlib.sha1()
+        paths = getattr(self.dataset, "_paths", None)
+        for name in getattr(self.dataset, "names", []):
+            digest.update(name.encode())
+            for path in (paths(name) if paths else ()):
+                st = path.stat()
+                digest.update(f":{st.st_size}:{st.st_mtime_ns}".encode())
+        return digest.hexdigest()
 
     def _jittered_boxes(self, gt: np.ndarray, shape, index: int, count: int) -> np.ndarray:
         """Cheap stand-in for proposals: up to 10 copies of each GT box, shifted by up
