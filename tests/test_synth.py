@@ -109,6 +109,13 @@ def test_default_set_has_every_class_and_varied_scales():
     assert max(per_image) >= 4
 
 
+def test_regenerating_replaces_the_previous_set(tmp_path):
+    root = generate_synthetic_voc(tmp_path / "r", 5, 2, (48, 64), seed=0, progress=False)
+    generate_synthetic_voc(root, 2, 1, (48, 64), seed=0, progress=False)
+    fresh = generate_synthetic_voc(tmp_path / "f", 2, 1, (48, 64), seed=0, progress=False)
+    assert _tree_bytes(root) == _tree_bytes(fresh)
+
+
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         generate_synthetic_voc(tmp_path / "a", 1, 1, (8, 8), progress=False)

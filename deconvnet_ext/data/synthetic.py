@@ -284,6 +284,10 @@ def generate_synthetic_voc(out_dir: str | Path, num_train: int = DEFAULT_NUM_TRA
                                  "ImageSets/Segmentation")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
+    if (out / META_FILE).is_file():  # regenerating: drop the previous set's files
+        for key in ("JPEGImages", "SegmentationClass", "SegmentationObject"):
+            for old in dirs[key].glob("synth_*"):
+                old.unlink()
 
     from tqdm import tqdm
 
