@@ -22,6 +22,7 @@
 #include "common/pool_checks.h"
 #include "common/pool_geometry.h"
 #include "cpu/cpu_features.h"
+#include "cpu/pool_hugepages.h"
 
 #if DECONVNET_EXT_X86_AVX2
 #include <immintrin.h>
@@ -245,6 +246,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_switches_cpu(
   if (out.numel() == 0) {
     return {out, sw};
   }
+  cpu::advise_huge_pages(out.data_ptr(), out.nbytes());
+  cpu::advise_huge_pages(sw.data_ptr(), sw.nbytes());
   const at::Tensor x = x4.contiguous(fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     if (fmt == c10::MemoryFormat::ChannelsLast) {

@@ -23,6 +23,7 @@
 #include "common/pool_checks.h"
 #include "common/pool_geometry.h"
 #include "cpu/cpu_features.h"
+#include "cpu/pool_hugepages.h"
 
 #if DECONVNET_EXT_X86_AVX2
 #include <immintrin.h>
@@ -178,9 +179,34 @@ inline __attribute__((always_inline)) void unpool_pixels_cl(const scalar_t* x, c
   acc_t acc[kChannelBlock];
   uint8_t hit[kChannelBlock];
   int64_t rows[pool::kMaxWindow];
+  const bool disjoint = pool::windows_disjoint(s.p.h) && pool::windows_disjoint(s.p.w);
   for (int64_t pix = begin; pix < end; ++pix) {
     const int64_t w = pix % s.W, h = (pix / s.W) % s.H, n = pix / (s.W * s.H);
     for (int64_t i = 0; i < kH; ++i) rows[i] = pool::covering_window(h, i, s.oH, s.p.h);
+    if (disjoint) {
+      // At most one window covers (h, w): a select per channel.
+      int64_t oh = -1, ow = -1, t = 0;
+      for (int64_t i = 0; i < kH; ++i) {
+        for (int64_t j = 0; j < kW; ++j) {
+          if (rows[i] >= 0 && cols[w * kW + j] >= 0) {
+            oh = rows[i];
+            ow = cols[w * kW + j];
+            t = i * kW + j;
+          }
+        }
+      }
+      scalar_t* dst = y + pix * C;
+      if (oh < 0) {
+        std::fill(dst, dst + C, scalar_t(0));
+        continue;
+      }
+      const int64_t o = ((n * s.oH + oh) * s.oW + ow) * C;
+      const uint8_t tap = static_cast<uint8_t>(t);
+      for (int64_t c = 0; c < C; ++c) {
+        dst[c] = sw[o + c] == tap ? x[o + c] : scalar_t(0);
+      }
+      continue;
+    }
     for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
       const int64_t cn = std::min(kChannelBlock, C - c0);
       for (int64_t c = 0; c < cn; ++c) {
@@ -256,6 +282,7 @@ at::Tensor max_unpool2d_with_switches_cpu(const at::Tensor& self, const at::Tens
   if (y.numel() == 0) {
     return y;
   }
+  cpu::advise_huge_pages(y.data_ptr(), y.nbytes());
   const at::Tensor x = self.contiguous(fmt);
   const at::Tensor sw = switches.contiguous(fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
