@@ -163,3 +163,15 @@ def test_opcheck(layout):
         torch.library.opcheck(torch.ops.deconvnet_ext.max_pool2d_with_switches, (x, *args))
     torch.library.opcheck(torch.ops.deconvnet_ext.max_pool2d_with_switches,
                           (x[0].detach(), [2, 2], [2, 2], [0, 0], [1, 1], False))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 4, 4), (1, 3, 4, 4), (2, 3, 1, 1)])
+def test_opcheck_on_layouts_with_ambiguous_strides(shape):
+    # Size-1 dims make contiguous and channels_last strides coincide in part; the fake
+    # kernels must still give exactly the strides the real kernels allocate.
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    args = ([1, 1], [1, 1], [0, 0], [1, 1])
+    torch.library.opcheck(torch.ops.deconvnet_ext.max_pool2d_with_switches, (x, *args, False))
+    out, sw = torch.ops.deconvnet_ext.max_pool2d_with_switches(x, *args, False)
+    torch.library.opcheck(torch.ops.deconvnet_ext.max_unpool2d_with_switches,
+                          (out, sw, *args, list(shape[-2:])))
