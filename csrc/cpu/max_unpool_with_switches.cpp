@@ -93,6 +93,9 @@ DECONVNET_EXT_TARGET_AVX2 int64_t unpool2x2_row_avx2(const float* x_row, const u
                                                      int64_t i, int64_t windows, float* y_row) {
   const __m256i want0 = _mm256_set1_epi32(static_cast<int>(2 * i));
   const __m256i want1 = _mm256_set1_epi32(static_cast<int>(2 * i + 1));
+  // The output is written once and not read back here: stream it past the
+  // caches (no read-for-ownership) when the row is 32-byte aligned.
+  const bool stream = reinterpret_cast<std::uintptr_t>(y_row) % 32 == 0;
   int64_t ow = 0;
   for (; ow + 8 <= windows; ow += 8) {
     const __m256 v = _mm256_loadu_ps(x_row + ow);
@@ -102,8 +105,13 @@ DECONVNET_EXT_TARGET_AVX2 int64_t unpool2x2_row_avx2(const float* x_row, const u
     const __m256 odd = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(sv, want1)));
     const __m256 lo = _mm256_unpacklo_ps(even, odd);  // outputs 0-3 | 8-11
     const __m256 hi = _mm256_unpackhi_ps(even, odd);  // outputs 4-7 | 12-15
-    _mm256_storeu_ps(y_row + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
-    _mm256_storeu_ps(y_row + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    if (stream) {
+      _mm256_stream_ps(y_row + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
+      _mm256_stream_ps(y_row + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    } else {
+      _mm256_storeu_ps(y_row + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
+      _mm256_storeu_ps(y_row + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
   }
   return ow;
 }
@@ -163,6 +171,11 @@ void unpool_nchw(const scalar_t* x, const uint8_t* sw, scalar_t* y, const Unpool
       unpool_row_disjoint(x_plane + oh * oW, sw_plane + oh * oW, i, win.data(), tap.data(),
                           w0, W, kW, y_row);
     }
+#if DECONVNET_EXT_X86_AVX2
+    if (fast) {
+      _mm_sfence();  // order the streaming stores before the result is used
+    }
+#endif
   });
 }
 
