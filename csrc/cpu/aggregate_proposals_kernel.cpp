@@ -287,8 +287,13 @@ struct Avx2Rows {
 // Otherwise (few classes, e.g. C = 1) planes are split into bands.
 int64_t band_rows(const Shape& s) {
   const int64_t planes = std::max<int64_t>(s.B * s.C, 1);
-  const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t bands = std::max<int64_t>(1, (want_tasks + planes - 1) / planes);
+  const int64_t threads = std::max<int64_t>(at::get_num_threads(), 1);
+  const int64_t least = std::max<int64_t>(1, (4 * threads + planes - 1) / planes);
+  // Planes of one image cost the same: a task count divisible by the thread
+  // count splits them evenly (21 classes on 2 threads: 2 bands, not 1).
+  int64_t bands = least;
+  while (bands < least * threads && (planes * bands) % threads != 0) ++bands;
+  if ((planes * bands) % threads != 0) bands = least;
   return std::max<int64_t>(8, (s.H + bands - 1) / bands);
 }
 
