@@ -506,7 +506,7 @@ def train_fcn(data: Union[str, Path, Dataset], out_dir: Union[str, Path], *, arc
               on_step: Optional[OnStep] = None) -> TrainSummary:
     """FCN-8s on whole images: a VOC root or VOC-style dataset (wrapped in WholeImages of
     ``image_size``, default twice the arch's crop size), or a ready dataset of
-    (image, label) pairs (used as is when its items are pairs). Writes out_dir/fcn/ and
+    (image, label) pairs (used as is). Writes out_dir/fcn/ and
     the final out_dir/fcn8s.pt."""
     from .model import FCN8s
 
@@ -519,7 +519,7 @@ def train_fcn(data: Union[str, Path, Dataset], out_dir: Union[str, Path], *, arc
         if vgg_weights is not None:
             model.load_vgg16(vgg_weights)
         dataset = _voc(data, split)
-        if len(dataset) and not isinstance(dataset[0], (tuple, list)):
+        if len(dataset) and hasattr(dataset[0], "image"):  # VOC samples, not ready pairs
             dataset = WholeImages(dataset, image_size or 2 * model.input_size)
         if ctx.is_main:
             print(f"FCN-8s ({arch}): {model.num_parameters:,} parameters; {len(dataset)} images")
