@@ -556,6 +556,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    parser.add_argument("--proposals", choices=("selective_search", "jitter"),
+                        default="selective_search",
+                        help="stage-2 crop boxes: selective search (cached under --out) or "
+                             "jittered ground-truth boxes (fast)")
     parser.add_argument("--vgg-weights", default=None,
                         help="local torchvision vgg16 / vgg16_bn state-dict file for the encoder")
     parser.add_argument("--pool-impl", choices=("ext", "torch"), default="ext")
@@ -583,7 +587,10 @@ def run_cli(args: argparse.Namespace) -> int:
                 args.data, args.out, arch=args.arch, num_classes=args.num_classes,
                 pool_impl=args.pool_impl, stage1_steps=args.stage1_steps,
                 stage2_steps=args.stage2_steps, config=config, split=args.split,
-                vgg_weights=args.vgg_weights, resume=args.resume))
+                vgg_weights=args.vgg_weights, resume=args.resume,
+                crop_options={"proposals": args.proposals,
+                              "cache_dir": str(Path(args.out) / "proposal_cache"),
+                              "progress": not args.no_progress}))
         if args.model in ("fcn8s", "both"):
             summaries.append(train_fcn(
                 args.data, args.out, arch=args.arch, num_classes=args.num_classes,
