@@ -467,7 +467,8 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     (stage-1, stage-2) datasets of (image (3,S,S), label (S,S)) pairs. Stage 1 trains
     from scratch (or the encoder from ``vgg_weights``); stage 2 starts from stage 1's
     weights with a fresh optimizer. Shared settings come from ``config`` (its ``steps``
-    is replaced by stage1_steps / stage2_steps). Writes out_dir/stage1/, out_dir/stage2/
+    is replaced by stage1_steps / stage2_steps). ``crop_options`` go to InstanceCrops
+    (default cache_dir: out_dir/proposal_cache). Writes out_dir/stage1/, out_dir/stage2/
     and the final out_dir/deconvnet.pt."""
     config = config or TrainConfig()
     out_dir = Path(out_dir)
@@ -483,6 +484,9 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
             from .data.crops import InstanceCrops
             voc = _voc(data, split)
             options = dict(crop_options or {})
+            # stage 2's proposals are computed once and reused (by --resume too)
+            options.setdefault("cache_dir", str(out_dir / "proposal_cache"))
+            options.setdefault("progress", config.progress and ctx.is_main)
             stage_data = [InstanceCrops(voc, model.input_size, stage=s, **options) for s in (1, 2)]
         if ctx.is_main:
             print(f"DeconvNet ({arch}): {model.num_parameters:,} parameters; "
@@ -588,9 +592,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 pool_impl=args.pool_impl, stage1_steps=args.stage1_steps,
                 stage2_steps=args.stage2_steps, config=config, split=args.split,
                 vgg_weights=args.vgg_weights, resume=args.resume,
-                crop_options={"proposals": args.proposals,
-                              "cache_dir": str(Path(args.out) / "proposal_cache"),
-                              "progress": not args.no_progress}))
+                crop_options={"proposals": args.proposals}))
         if args.model in ("fcn8s", "both"):
             summaries.append(train_fcn(
                 args.data, args.out, arch=args.arch, num_classes=args.num_classes,
