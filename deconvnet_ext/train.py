@@ -285,11 +285,19 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
     payload, start = None, 0
     if resume and checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path)
+        saved = {k: payload["meta"].get(k) for k in ("kind", "arch", "num_classes")}
+        if saved != {k: meta.get(k) for k in saved}:
+            raise CheckpointError(f"{checkpoint_path}: holds a different network {saved!r}, "
+                                  f"cannot resume a {type(model).__name__} {meta!r}")
         if payload.get("fingerprint") != fingerprint:
             raise CheckpointError(
                 f"{checkpoint_path}: written with settings {payload.get('fingerprint')!r}, "
                 f"cannot resume with {fingerprint!r}")
-        model.load_state_dict(payload["model"])
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{checkpoint_path}: its weights do not fit this "
+                                  f"{type(model).__name__} ({payload['meta']!r})") from exc
         start = int(payload["step"])
     if config.sync_bn and ctx.distributed:
         model = convert_sync_batchnorm(model, device)

@@ -88,6 +88,8 @@ def test_resume_refuses_other_settings_and_bad_files(tmp_path):
     fit(_model(), Squares(4), _config(steps=2), tmp_path)
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*cannot resume"):
         fit(_model(), Squares(4), _config(steps=4, lr=0.02), tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*different network"):
+        fit(_model("fcn8s"), Squares(4), _config(steps=2), tmp_path, resume=True)
     data = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt").write_bytes(data[:100])
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt"):
