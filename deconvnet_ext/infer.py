@@ -36,9 +36,11 @@ class InferenceConfig:
     """Knobs of the instance-wise pipeline (defaults follow the paper / original release).
 
     max_proposals: proposals kept per image (paper: top 50 of ~2000).
-    min_size: proposals whose short side is under this many pixels are skipped (original:
-        112 px on full-size VOC images; scale it with the image size).
-    context: fraction of the box size added around each proposal (crops with context).
+    min_size: proposals whose short side is under this many pixels are skipped; None
+        (default) scales the original's 112 px on ~500 px VOC images to the image
+        (``proposals.scaled_min_size``).
+    context: each proposal is enlarged about its centre by this factor before cropping
+        (crops with context; 1.0 = none).
     proposal_method: "selective_search" (OpenCV, fast mode) or "edgeboxes" (needs
         ``edge_model``, a structured-edge model file).
     batch_size: crops per forward pass (crops of several images share batches).
@@ -48,8 +50,8 @@ class InferenceConfig:
     crf: dense CRF parameters used by the "+CRF" variants.
     """
     max_proposals: int = 50
-    min_size: int = 16
-    context: float = 0.2
+    min_size: Optional[int] = None
+    context: float = 1.2
     proposal_method: str = "selective_search"
     edge_model: Optional[str] = None
     batch_size: int = 64
@@ -68,8 +70,11 @@ class InferenceConfig:
         if self.ensemble_rule not in ENSEMBLE_RULES:
             raise ValueError(f"ensemble_rule must be one of {ENSEMBLE_RULES}, "
                              f"got {self.ensemble_rule!r}")
-        if self.context < 0:
-            raise ValueError(f"context must be >= 0, got {self.context}")
+        if not self.context >= 1.0:
+            raise ValueError(f"context must be >= 1.0 (an enlargement factor), "
+                             f"got {self.context}")
+        if self.min_size is not None and self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0 or None, got {self.min_size}")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,10 +85,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                    help="proposals segmented per image (default %(default)s, the paper's 50)")
     g.add_argument("--min-size", type=int, default=d.min_size,
                    help="skip proposals whose short side is under this many pixels "
-                        "(default %(default)s; the original used 112 on full-size VOC)")
+                        "(default: the original's 112 px at 500 px, scaled to the image)")
     g.add_argument("--context", type=float, default=d.context,
-                   help="context padding around each proposal, as a fraction of its size "
-                        "(default %(default)s)")
+                   help="enlarge each proposal about its centre by this factor before "
+                        "cropping (default %(default)s; 1 = no context)")
     g.add_argument("--proposals", dest="proposal_method", default=d.proposal_method,
                    choices=("selective_search", "edgeboxes"),
                    help="proposal generator (default %(default)s)")
@@ -175,16 +180,17 @@ def proposal_boxes(image: np.ndarray, config: Optional[InferenceConfig] = None) 
     generator finds nothing, the whole image is the one proposal, so every image gets a
     prediction.
     """
-    from .proposals import add_context, propose
+    from .proposals import add_context, propose, scaled_min_size
 
     config = config or InferenceConfig()
     height, width = image.shape[:2]
-    boxes = propose(image, max_proposals=config.max_proposals, min_size=config.min_size,
+    min_size = scaled_min_size((height, width)) if config.min_size is None else config.min_size
+    boxes = propose(image, max_proposals=config.max_proposals, min_size=min_size,
                     method=config.proposal_method, edge_model=config.edge_model)
     boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.int64).reshape(-1, 4)
     if boxes.shape[0] == 0:
         boxes = torch.tensor([[0, 0, width, height]], dtype=torch.int64)
-    if config.context > 0:
+    if config.context != 1.0:
         boxes = torch.as_tensor(np.asarray(add_context(boxes.numpy(), (height, width),
                                                        config.context)),
                                 dtype=torch.int64).reshape(-1, 4)
