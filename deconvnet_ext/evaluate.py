@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,11 +53,14 @@ def evaluate_dataset(dataset, deconvnet: Optional[torch.nn.Module],
                      fcn: Optional[torch.nn.Module] = None,
                      config: Optional[InferenceConfig] = None, use_crf: bool = True,
                      limit: Optional[int] = None, images_per_step: int = 4,
-                     keep_examples: int = 0, progress: bool = True) -> EvalResult:
+                     keep_examples: int = 0, progress: bool = True,
+                     on_prediction: Optional[Callable[[object, Dict[str, np.ndarray]], None]]
+                     = None) -> EvalResult:
     """Run ``predict_variants`` over ``dataset`` (a VOCSegmentation: samples with .image
     uint8 (H,W,3) and .label uint8 (H,W), 255 ignored) and accumulate a confusion matrix
     per variant. ``images_per_step`` images share one batched forward; ``limit`` caps the
-    number of images; the first ``keep_examples`` (image, label, predictions) are kept."""
+    number of images; the first ``keep_examples`` (image, label, predictions) are kept;
+    ``on_prediction(sample, {variant: uint8 (H,W) class ids})`` is called per image."""
     from tqdm import tqdm
 
     if deconvnet is None and fcn is None:
@@ -81,6 +84,8 @@ def evaluate_dataset(dataset, deconvnet: Optional[torch.nn.Module],
                 result.confusion.setdefault(variant, ConfusionMatrix(num_classes)).update(
                     sample.label, prediction)
                 predictions[variant] = prediction
+            if on_prediction is not None:
+                on_prediction(sample, predictions)
             if len(result.examples) < keep_examples:
                 result.examples.append((sample.image, sample.label, predictions))
             result.names.append(sample.name)
@@ -92,18 +97,26 @@ def evaluate_dataset(dataset, deconvnet: Optional[torch.nn.Module],
 
 
 def markdown_table(result: EvalResult, paper: Optional[Dict[str, float]] = None) -> str:
-    """Markdown: one row per variant, mean IU then per-class IoU (percent, one decimal;
-    "-" for a class absent from ground truth and prediction). ``paper`` adds a column of
-    reference mean IUs."""
-    names = result.class_names
-    head = ["method", "mean IU"] + (["paper"] if paper else []) + names
+    """Markdown: a summary (one row per variant: mean IU, pixel accuracy, and the
+    ``paper``'s mean IU when given), then per-class IoU (one row per class, one column
+    per variant). Percent, one decimal; "-" where a class is absent from both ground
+    truth and prediction (excluded from the mean)."""
+    variants = list(result.confusion)
+    head = ["method", "mean IU"] + (["paper (VOC 2012 test)"] if paper else []) + ["pixel acc."]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for variant, cm in result.confusion.items():
+    for variant in variants:
+        cm = result.confusion[variant]
         cells = [variant, f"{100 * cm.mean_iou():.1f}"]
         if paper:
             cells.append(f"{paper[variant]:.1f}" if variant in paper else "-")
-        cells += ["-" if np.isnan(v) else f"{100 * v:.1f}" for v in cm.per_class_iou()]
+        cells.append(f"{100 * cm.pixel_accuracy():.1f}")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| class | " + " | ".join(variants) + " |",
+              "|" + "---|" * (len(variants) + 1)]
+    ious = [result.confusion[v].per_class_iou() for v in variants]
+    for c, name in enumerate(result.class_names):
+        cells = ["-" if np.isnan(iou[c]) else f"{100 * iou[c]:.1f}" for iou in ious]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
