@@ -102,13 +102,51 @@ def _synthetic_data(out: Path, sizes: dict, seed: int) -> Path:
                                   seed=seed)
 
 
+def _loss_summary(losses) -> dict:
+    """First and last losses, each a mean over up to 10 steps (single steps are noisy)."""
+    if not losses:
+        return {"first": None, "last": None}
+    k = max(1, min(10, len(losses) // 4))
+    return {"first": sum(losses[:k]) / k, "last": sum(losses[-k:]) / k}
+
+
+def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage2_steps: int,
+                      fcn_steps: int, device: torch.device, seed: int, reuse: bool = False,
+                      progress: bool = True):
+    """Train DeconvNet (stage 1, stage 2) and FCN-8s on ``root``'s train split with the
+    trainer's defaults (SGD 0.01, momentum 0.9, wd 0.0005, step decay); checkpoints go
+    to ``out``. Returns (deconvnet, fcn8s, info) with the models in eval mode."""
+    from .infer import load_models
+    from .train import TrainConfig, train_deconvnet, train_fcn
+
+    deconv_path, fcn_path = out / "deconvnet.pt", out / "fcn8s.pt"
+    if reuse and deconv_path.is_file() and fcn_path.is_file():
+        print(f"reusing {deconv_path} and {fcn_path}")
+        deconvnet, fcn = load_models(str(deconv_path), str(fcn_path), device)
+        return deconvnet, fcn, {"reused": True}
+    config = TrainConfig(seed=seed, device=str(device), progress=progress,
+                         checkpoint_every=0)
+    info = {}
+    summary = train_deconvnet(root, out, arch=arch, stage1_steps=stage1_steps,
+                              stage2_steps=stage2_steps, config=config)
+    fcn_summary = train_fcn(root, out, arch=arch, steps=fcn_steps, config=config)
+    for name, result in zip(("deconvnet_stage1", "deconvnet_stage2", "fcn8s"),
+                            summary.stages + fcn_summary.stages):
+        losses = _loss_summary(result.losses)
+        info[name] = {"steps": result.steps, "seconds": round(result.seconds, 1),
+                      "loss_first": losses["first"], "loss_last": losses["last"]}
+        print(f"{name}: {result.steps} steps in {result.seconds:.0f} s, loss "
+              f"{losses['first']:.3f} -> {losses['last']:.3f}")
+    deconvnet, fcn = load_models(str(summary.path), str(fcn_summary.path), device)
+    return deconvnet, fcn, info
+
+
 def run_demo(args: argparse.Namespace) -> dict:
     """The demo's work; returns the results dict also written to results.json."""
     from .data.voc import VOCSegmentation
     from .errors import UserError
     from .evaluate import evaluate_dataset, markdown_table, write_results
     from .infer import default_device, inference_config_from_args
-    from .train_models import train_demo_models
     from .visualize import save_mask_png, save_overlay_grid
 
     wall_start = time.perf_counter()
