@@ -29,8 +29,8 @@ PAPER_MEAN_IU: Dict[str, float] = {"FCN-8s": 62.2, "DeconvNet": 69.6, "DeconvNet
 # Defaults sized for ~15 minutes on 2 busy CPU cores; --quick is for smoke tests.
 FULL = dict(num_train=200, num_val=50, stage1_steps=300, stage2_steps=200, fcn_steps=300,
             val_limit=None, grid_rows=6)
-QUICK = dict(num_train=12, num_val=4, stage1_steps=4, stage2_steps=3, fcn_steps=4,
-             val_limit=4, grid_rows=2)
+QUICK = dict(num_train=8, num_val=3, stage1_steps=2, stage2_steps=2, fcn_steps=2,
+             val_limit=3, grid_rows=2)
 DEFAULT_OUT = "deconvnet_demo"
 MASK_VARIANT_ORDER = ("EDeconvNet+CRF", "EDeconvNet", "DeconvNet+CRF", "DeconvNet", "FCN-8s")
 

@@ -50,6 +50,7 @@ def test_bad_path_is_one_line_exit_2_in_a_real_process(tmp_path):
 
 
 def _one_line_error(capsys, argv):
+    capsys.readouterr()  # drop what earlier commands printed
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
