@@ -14,6 +14,7 @@ cores (much less with a GPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -32,6 +33,9 @@ FULL = dict(num_train=200, num_val=50, stage1_steps=300, stage2_steps=200, fcn_s
 QUICK = dict(num_train=8, num_val=3, stage1_steps=2, stage2_steps=2, fcn_steps=2,
              val_limit=3, grid_rows=2)
 DEFAULT_OUT = "deconvnet_demo"
+DECONVNET_BATCH_SIZE = 16   # crops per step
+FCN_BATCH_SIZE = 8          # whole images per step
+FCN_MAX_TRAIN_SIZE = 512
 MASK_VARIANT_ORDER = ("EDeconvNet+CRF", "EDeconvNet", "DeconvNet+CRF", "DeconvNet", "FCN-8s")
 
 
@@ -125,11 +129,19 @@ def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage
         deconvnet, fcn = load_models(str(deconv_path), str(fcn_path), device)
         return deconvnet, fcn, {"reused": True}
     config = TrainConfig(seed=seed, device=str(device), progress=progress,
-                         checkpoint_every=0)
+                         checkpoint_every=0, batch_size=DECONVNET_BATCH_SIZE)
     info = {}
     summary = train_deconvnet(root, out, arch=arch, stage1_steps=stage1_steps,
                               stage2_steps=stage2_steps, config=config)
-    fcn_summary = train_fcn(root, out, arch=arch, steps=fcn_steps, config=config)
+    # FCN-8s trains on whole images at the size it will see at inference (the longer
+    # side of the data's images, capped for CPU memory), so train and test scales agree.
+    from .data.voc import VOCSegmentation
+    from .train import WholeImages
+    train_split = VOCSegmentation(root, "train")
+    fcn_size = min(FCN_MAX_TRAIN_SIZE, max(train_split[0].image.shape[:2]))
+    fcn_summary = train_fcn(WholeImages(train_split, fcn_size), out, arch=arch,
+                            steps=fcn_steps, config=dataclasses.replace(
+                                config, batch_size=FCN_BATCH_SIZE))
     for name, result in zip(("deconvnet_stage1", "deconvnet_stage2", "fcn8s"),
                             summary.stages + fcn_summary.stages):
         losses = _loss_summary(result.losses)
