@@ -140,6 +140,20 @@ def random_like(t: torch.Tensor, seed: int) -> torch.Tensor:
     return r.contiguous(memory_format=fmt)
 
 
+def proposal_boxes(num_proposals: int, image_size: Sequence[int], gen: torch.Generator) -> torch.Tensor:
+    """(K,4) int64 [x0,y0,x1,y1) boxes like proposals with context: from 1/8 of the
+    image to all of it, some reaching past its border."""
+    H, W = int(image_size[0]), int(image_size[1])
+    boxes = []
+    for _ in range(num_proposals):
+        w = int(torch.randint(max(2, W // 8), W + 1, (1,), generator=gen))
+        h = int(torch.randint(max(2, H // 8), H + 1, (1,), generator=gen))
+        x0 = int(torch.randint(-(W // 16), W - w + W // 16 + 1, (1,), generator=gen))
+        y0 = int(torch.randint(-(H // 16), H - h + H // 16 + 1, (1,), generator=gen))
+        boxes.append((x0, y0, x0 + w, y0 + h))
+    return torch.tensor(boxes, dtype=torch.int64)
+
+
 # --------------------------------------------------------------------------- compile
 def _fresh_function(fn: Callable, tag: str) -> Callable:
     """A copy of `fn` with its own code object. Dynamo caches compiled graphs per

@@ -52,20 +52,6 @@ def aggregate_cases():
     return params
 
 
-def proposal_boxes(case: AggregateCase, gen: torch.Generator) -> torch.Tensor:
-    """(K,4) int64 [x0,y0,x1,y1) boxes like proposals with context: 1/8 to all of the
-    image, some reaching past its border."""
-    H, W = case.image_size
-    boxes = []
-    for _ in range(case.num_proposals):
-        w = int(torch.randint(max(2, W // 8), W + 1, (1,), generator=gen))
-        h = int(torch.randint(max(2, H // 8), H + 1, (1,), generator=gen))
-        x0 = int(torch.randint(-W // 16, W - w + W // 16 + 1, (1,), generator=gen))
-        y0 = int(torch.randint(-H // 16, H - h + H // 16 + 1, (1,), generator=gen))
-        boxes.append((x0, y0, x0 + w, y0 + h))
-    return torch.tensor(boxes, dtype=torch.int64)
-
-
 _DATA: dict = {}
 
 
@@ -76,7 +62,7 @@ def aggregate_data(case: AggregateCase):
         gen = torch.Generator().manual_seed(3)
         maps = torch.randn(case.num_proposals, case.num_classes, case.map_size, case.map_size,
                            generator=gen).to(case.device)
-        boxes = proposal_boxes(case, gen).to(case.device)
+        boxes = harness.proposal_boxes(case.num_proposals, case.image_size, gen).to(case.device)
         expected = reference.aggregate_proposals(maps, boxes, case.image_size, mode="max")
         _DATA[case] = (maps, boxes, expected)
     return _DATA[case]
