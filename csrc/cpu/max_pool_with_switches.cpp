@@ -13,7 +13,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -45,7 +44,7 @@ inline __attribute__((always_inline)) void pool_row_nchw(const scalar_t* plane, 
   const TapRange ti = pool::window_taps(oh, H, p.h);
   for (int64_t ow = ow0; ow < ow1; ++ow) {
     const TapRange tj = pool::window_taps(ow, W, p.w);
-    acc_t best = -std::numeric_limits<acc_t>::infinity();
+    acc_t best = pool::argmax_initial<acc_t>();
     int64_t best_tap = ti.begin * p.w.kernel + tj.begin;
     for (int64_t i = ti.begin; i < ti.end; ++i) {
       const scalar_t* row = plane + pool::tap_position(oh, i, p.h) * W;
@@ -122,7 +121,7 @@ inline __attribute__((always_inline)) void pool_block_nchw(const scalar_t* plane
   int32_t tap[kRowBlock];
   const int32_t first = static_cast<int32_t>(ti.begin * p.w.kernel);
   for (int64_t b = 0; b < kRowBlock; ++b) {
-    best[b] = -std::numeric_limits<acc_t>::infinity();
+    best[b] = pool::argmax_initial<acc_t>();
     tap[b] = first;
   }
   for (int64_t i = ti.begin; i < ti.end; ++i) {
@@ -262,7 +261,7 @@ inline __attribute__((always_inline)) void pool_pixels_cl(const scalar_t* in, sc
       const int64_t cn = std::min(kChannelBlock, C - c0);
       const int32_t first = static_cast<int32_t>(ti.begin * p.w.kernel + tj.begin);
       for (int64_t c = 0; c < cn; ++c) {
-        best[c] = -std::numeric_limits<acc_t>::infinity();
+        best[c] = pool::argmax_initial<acc_t>();
         tap[c] = first;
       }
       for (int64_t i = ti.begin; i < ti.end; ++i) {
@@ -294,7 +293,7 @@ inline void pool_pixels_cl_tail(const float* image, float* out_pix, uint8_t* sw_
                                 TapRange ti, TapRange tj, const PoolParams& p) {
   (void)H;
   for (int64_t c = c0; c < C; ++c) {
-    float best = -std::numeric_limits<float>::infinity();
+    float best = pool::argmax_initial<float>();
     int64_t best_tap = ti.begin * p.w.kernel + tj.begin;
     for (int64_t i = ti.begin; i < ti.end; ++i) {
       for (int64_t j = tj.begin; j < tj.end; ++j) {
@@ -327,7 +326,7 @@ DECONVNET_EXT_TARGET_AVX2 void pool_pixels_cl_float_avx2(const float* in, float*
                                                          int64_t C, int64_t H, int64_t W,
                                                          int64_t oH, int64_t oW,
                                                          const PoolParams& p) {
-  const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 minus_inf = _mm256_set1_ps(pool::argmax_initial<float>());
   for (int64_t pix = begin; pix < end; ++pix) {
     const int64_t ow = pix % oW, oh = (pix / oW) % oH, n = pix / (oW * oH);
     const TapRange ti = pool::window_taps(oh, H, p.h);
