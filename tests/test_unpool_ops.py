@@ -28,7 +28,7 @@ def pooled(case: PoolCase, dtype=torch.float64, layout="contiguous", seed=0, bat
     PoolCase((3, 2), (3, 3), (1, 1), (1, 1), False, (11, 10)),
 ], ids=str)
 def test_equals_max_unpool2d_where_windows_do_not_overlap(case, dtype, layout):
-    x, out, sw = pooled(case, dtype, layout, seed=1)
+    x, out, sw = pooled(case, dtype, layout, seed=1, batch=(2, 19))
     v = make_input(out.shape, dtype, layout, seed=2)  # any values, not just the maxima
     k, s, p, d = case.args
     y = dx.max_unpool2d_with_switches(v, sw, k, s, p, d, output_size=case.size)
@@ -176,3 +176,18 @@ def test_torch_compile_fullgraph():
     (gx_actual,) = torch.autograd.grad(actual.sum(), x)
     torch.testing.assert_close(actual, expected)
     torch.testing.assert_close(gx_actual, gx_expected)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_inductor_forward_and_backward():
+    def pool_unpool(x):
+        out, sw = dx.max_pool2d_with_switches(x, 2)
+        return dx.max_unpool2d_with_switches(out * 2, sw, 2, output_size=x.shape[-2:])
+
+    x = torch.randn(2, 4, 12, 10, requires_grad=True)
+    actual = torch.compile(pool_unpool, fullgraph=True)(x)
+    (g_actual,) = torch.autograd.grad(actual.sum(), x)
+    expected = pool_unpool(x)
+    (g_expected,) = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    torch.testing.assert_close(g_actual, g_expected, rtol=0, atol=0)
