@@ -1,4 +1,4 @@
-"""The portable (non-AVX2) CPU loops give the same bits as the AVX2 ones: a child
+"""The portable (non-AVX2) CPU loops (pool, unpool, gather) give the same bits as the AVX2 ones: a child
 process with DECONVNET_EXT_DISABLE_AVX2=1 runs the ops on the same inputs."""
 import os
 import subprocess
@@ -30,7 +30,8 @@ for case in CASES:
     k, s, p, d, c = case[3:]
     out, sw = dx.max_pool2d_with_switches(x, k, s, p, d, c)
     y = dx.max_unpool2d_with_switches(v, sw, k, s, p, d, output_size=x.shape[-2:])
-    results.append((out, sw, y))
+    g = torch.ops.deconvnet_ext.gather_at_switches(x, sw, *[[a, a] for a in (k, s, p, d)])
+    results.append((out, sw, y, g))
 torch.save(results, sys.argv[1])
 """
 
@@ -49,7 +50,7 @@ def test_portable_loops_match_the_avx2_loops(tmp_path):
     subprocess.run([sys.executable, "-c", CHILD, str(path), os.path.dirname(__file__)],
                    env=env, check=True, timeout=300)
     portable = torch.load(path)
-    for case, (out_p, sw_p, y_p) in zip(CASES, portable):
+    for case, (out_p, sw_p, y_p, g_p) in zip(CASES, portable):
         x, v = inputs(case)
         k, s, p, d, c = case[3:]
         out, sw = dx.max_pool2d_with_switches(x, k, s, p, d, c)
@@ -57,3 +58,5 @@ def test_portable_loops_match_the_avx2_loops(tmp_path):
         assert_bitwise_equal(out_p, out)
         assert torch.equal(sw_p, sw)
         assert_bitwise_equal(y_p, y)
+        g = torch.ops.deconvnet_ext.gather_at_switches(x, sw, *[[a, a] for a in (k, s, p, d)])
+        assert_bitwise_equal(g_p, g)
