@@ -1,5 +1,6 @@
-"""The portable (non-AVX2) CPU loops (pool, unpool, gather) give the same bits as the AVX2 ones: a child
-process with DECONVNET_EXT_DISABLE_AVX2=1 runs the ops on the same inputs."""
+"""The portable (non-AVX2) CPU loops of pool, unpool and gather give the same bits as
+the AVX2 ones: a child process with DECONVNET_EXT_DISABLE_AVX2=1 runs the ops on the
+same inputs."""
 import os
 import subprocess
 import sys
