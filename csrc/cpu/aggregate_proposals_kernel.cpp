@@ -351,7 +351,8 @@ void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) 
         };
         for (int64_t y = y_begin; y < y_end; ++y) {
           const Taps<T>& t = plan.row_taps[p.row_offset + (y - p.cy0)];
-          const int s0 = row(t.i0, -1);
+          // Resizing the first tap must not evict the second if it is held.
+          const int s0 = row(t.i0, held[0] == t.i1 ? 0 : (held[1] == t.i1 ? 1 : -1));
           const int s1 = row(t.i1, s0);
           Rows::vertical(s.mode, plane + y * s.W + p.cx0, slot[s0], slot[s1], t.l0, t.l1, n);
         }
