@@ -114,6 +114,24 @@ def test_large_boxes_bit_exact_where_torch_uses_fma(mode, device):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_cuda_equals_cpu_bitwise(dtype):
+    """Both kernels call the same bilinear functions (csrc/common/bilinear.h) with fused
+    multiply-adds and reduce in proposal order: the same bits on both devices."""
+    if not dx.build_info()["cpu_avx2_fma"] or os.environ.get("DECONVNET_EXT_NO_AVX2", "0") not in ("", "0"):
+        pytest.skip("the CPU takes its unfused path here")
+    g = torch.Generator().manual_seed(31)
+    K, C, H, W = 12, 3, 70, 90
+    maps = torch.randn(K, C, 20, 24, generator=g).to(dtype)
+    boxes = random_boxes(g, K, H, W, "mixed")
+    index = torch.randint(0, 3, (K,), generator=g)
+    for mode in MODES:
+        cpu = dx.aggregate_proposals(maps, boxes, (H, W), mode, index, 3)
+        cuda = dx.aggregate_proposals(maps.cuda(), boxes.cuda(), (H, W), mode, index.cuda(), 3)
+        assert torch.equal(cuda.cpu(), cpu), mode
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 def test_image_index_batches_images(mode, device):
