@@ -7,6 +7,7 @@ them (a plain ``python`` run) it is a world of one and nothing is initialised.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -50,8 +51,9 @@ def default_device(device: Optional[str] = None, local_rank: int = 0) -> torch.d
 def setup_distributed(device: Optional[str] = None) -> DistContext:
     """Join (or create from torchrun's environment) the default process group.
 
-    An already initialised group (e.g. a test that called ``init_process_group``) is
-    used as is. Backend: nccl when this process runs on CUDA, gloo otherwise."""
+    An already initialised group (one made by an earlier call, or by a test that called
+    ``init_process_group``) is used as is, with ``owns_group`` False. Backend: nccl when
+    this process runs on CUDA, gloo otherwise."""
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -64,13 +66,23 @@ def setup_distributed(device: Optional[str] = None) -> DistContext:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    # The group lives until the process ends (or cleanup_distributed): creating it again
+    # for a second training in the same process would rendezvous on the same
+    # MASTER_PORT and can hang, so later calls reuse it (the branch above).
+    atexit.register(_destroy_if_initialized)
     return DistContext(rank, world, local_rank, dev, True)
 
 
-def cleanup_distributed(ctx: DistContext) -> None:
-    """Destroy the process group if ``setup_distributed`` created it."""
-    if ctx.owns_group and dist.is_initialized():
+def _destroy_if_initialized() -> None:
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def cleanup_distributed(ctx: DistContext) -> None:
+    """Destroy the process group if ``setup_distributed`` created it (at the end of a
+    command; training functions leave it in place for the next one)."""
+    if ctx.owns_group:
+        _destroy_if_initialized()
 
 
 def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:

@@ -264,10 +264,7 @@ def fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Union[
     with DistributedDataParallel."""
     config = config.validate()
     ctx = setup_distributed(config.device)
-    try:
-        return _fit(model, dataset, config, Path(out_dir), resume, stage, on_step, meta, ctx)
-    finally:
-        cleanup_distributed(ctx)
+    return _fit(model, dataset, config, Path(out_dir), resume, stage, on_step, meta, ctx)
 
 
 def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path, resume: bool,
@@ -459,6 +456,8 @@ def _final_file(out_dir: Path, name: str, model: nn.Module, stages: List[TrainRe
         meta = dict(model.meta())
         meta["trained_steps"] = {r.final.parent.name: r.steps for r in stages}
         save_checkpoint(path, model, meta)
+    if ctx.distributed:
+        torch.distributed.barrier()  # every process may read it once this returns
     return path
 
 
@@ -481,34 +480,31 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     ctx = setup_distributed(config.device)
-    try:
-        torch.manual_seed(config.seed)
-        model = DeconvNet(num_classes=num_classes, arch=arch, pool_impl=pool_impl)
-        if vgg_weights is not None:
-            model.load_vgg16(vgg_weights)
-        if isinstance(data, (tuple, list)):
-            stage_data = list(data)
-        else:
-            from .data.crops import InstanceCrops
-            voc = _voc(data, split)
-            options = dict(crop_options or {})
-            # stage 2's proposals are computed once and reused (by --resume too)
-            options.setdefault("cache_dir", str(out_dir / "proposal_cache"))
-            options.setdefault("progress", config.progress and ctx.is_main)
-            stage_data = [InstanceCrops(voc, model.input_size, stage=s, **options) for s in (1, 2)]
-        if ctx.is_main:
-            print(f"DeconvNet ({arch}): {model.num_parameters:,} parameters; "
-                  f"stage 1 on {len(stage_data[0])} crops, stage 2 on {len(stage_data[1])}")
-        results = []
-        for number, (dataset, steps) in enumerate(zip(stage_data, (stage1_steps, stage2_steps)), 1):
-            result = fit(model, dataset, dataclasses.replace(config, steps=steps),
-                         out_dir / f"stage{number}", resume=resume, stage=f"stage{number}",
-                         on_step=on_step)
-            results.append(result)
-            model = result.model
-        return TrainSummary(_final_file(out_dir, "deconvnet.pt", model, results, ctx), model, results)
-    finally:
-        cleanup_distributed(ctx)
+    torch.manual_seed(config.seed)
+    model = DeconvNet(num_classes=num_classes, arch=arch, pool_impl=pool_impl)
+    if vgg_weights is not None:
+        model.load_vgg16(vgg_weights)
+    if isinstance(data, (tuple, list)):
+        stage_data = list(data)
+    else:
+        from .data.crops import InstanceCrops
+        voc = _voc(data, split)
+        options = dict(crop_options or {})
+        # stage 2's proposals are computed once and reused (by --resume too)
+        options.setdefault("cache_dir", str(out_dir / "proposal_cache"))
+        options.setdefault("progress", config.progress and ctx.is_main)
+        stage_data = [InstanceCrops(voc, model.input_size, stage=s, **options) for s in (1, 2)]
+    if ctx.is_main:
+        print(f"DeconvNet ({arch}): {model.num_parameters:,} parameters; "
+              f"stage 1 on {len(stage_data[0])} crops, stage 2 on {len(stage_data[1])}")
+    results = []
+    for number, (dataset, steps) in enumerate(zip(stage_data, (stage1_steps, stage2_steps)), 1):
+        result = fit(model, dataset, dataclasses.replace(config, steps=steps),
+                     out_dir / f"stage{number}", resume=resume, stage=f"stage{number}",
+                     on_step=on_step)
+        results.append(result)
+        model = result.model
+    return TrainSummary(_final_file(out_dir, "deconvnet.pt", model, results, ctx), model, results)
 
 
 def train_fcn(data: Union[str, Path, Dataset], out_dir: Union[str, Path], *, arch: str = "tiny",
@@ -518,29 +514,24 @@ def train_fcn(data: Union[str, Path, Dataset], out_dir: Union[str, Path], *, arc
               on_step: Optional[OnStep] = None) -> TrainSummary:
     """FCN-8s on whole images: a VOC root or VOC-style dataset (wrapped in WholeImages of
     ``image_size``, default twice the arch's crop size), or a ready dataset of
-    (image, label) pairs (used as is). Writes out_dir/fcn/ and
-    the final out_dir/fcn8s.pt."""
-    from .model import FCN8s
-
+    (image, label) pairs (used as is). Writes out_dir/fcn/ and the final
+    out_dir/fcn8s.pt."""
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     ctx = setup_distributed(config.device)
-    try:
-        torch.manual_seed(config.seed)
-        model = FCN8s(num_classes=num_classes, arch=arch)
-        if vgg_weights is not None:
-            model.load_vgg16(vgg_weights)
-        dataset = _voc(data, split)
-        if len(dataset) and hasattr(dataset[0], "image"):  # VOC samples, not ready pairs
-            dataset = WholeImages(dataset, image_size or 2 * model.input_size)
-        if ctx.is_main:
-            print(f"FCN-8s ({arch}): {model.num_parameters:,} parameters; {len(dataset)} images")
-        result = fit(model, dataset, dataclasses.replace(config, steps=steps), out_dir / "fcn",
-                     resume=resume, stage="fcn8s", on_step=on_step)
-        return TrainSummary(_final_file(out_dir, "fcn8s.pt", result.model, [result], ctx),
-                            result.model, [result])
-    finally:
-        cleanup_distributed(ctx)
+    torch.manual_seed(config.seed)
+    model = FCN8s(num_classes=num_classes, arch=arch)
+    if vgg_weights is not None:
+        model.load_vgg16(vgg_weights)
+    dataset = _voc(data, split)
+    if len(dataset) and hasattr(dataset[0], "image"):  # VOC samples, not ready pairs
+        dataset = WholeImages(dataset, image_size or 2 * model.input_size)
+    if ctx.is_main:
+        print(f"FCN-8s ({arch}): {model.num_parameters:,} parameters; {len(dataset)} images")
+    result = fit(model, dataset, dataclasses.replace(config, steps=steps), out_dir / "fcn",
+                 resume=resume, stage="fcn8s", on_step=on_step)
+    return TrainSummary(_final_file(out_dir, "fcn8s.pt", result.model, [result], ctx),
+                        result.model, [result])
 
 
 # ----------------------------------------------------------------------- CLI
@@ -591,8 +582,10 @@ def run_cli(args: argparse.Namespace) -> int:
                          checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
                          amp=args.amp, sync_bn=args.sync_bn, device=args.device,
                          progress=not args.no_progress)
+    ctx = None
     try:
         config.validate()
+        ctx = setup_distributed(config.device)  # one process group for the whole command
         summaries = []
         if args.model in ("deconvnet", "both"):
             summaries.append(train_deconvnet(
@@ -608,6 +601,11 @@ def run_cli(args: argparse.Namespace) -> int:
                 split=args.split, vgg_weights=args.vgg_weights, resume=args.resume))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+    finally:
+        if ctx is not None:
+            cleanup_distributed(ctx)
+    if not ctx.is_main:
+        return 0
     for summary in summaries:
         for result in summary.stages:
             first = f"{result.losses[0]:.4f}" if result.losses else "-"

@@ -103,3 +103,39 @@ def test_wrong_arch_missing_key_truncated_and_foreign_files_are_named(tmp_path):
         model.load_vgg16(tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match=r"absent\.pth.*not found"):
         model.load_vgg16(tmp_path / "absent.pth")
+
+
+@pytest.mark.slow
+def test_full_size_vgg16_bn_file_maps_into_the_encoder(tmp_path):
+    """One full-size torchvision-keyed vgg16_bn file (~550 MB, uninitialised memory
+    except where checked): classifier.0 (4096 x 25088) becomes fc6 (4096,512,7,7) so
+    that fc6 on pool5 equals torchvision's Linear on the flattened pool5. FCN8s carries
+    the same encoder/fc6/fc7 mapping code as DeconvNet at half the memory."""
+    shapes = torchvision_vgg16_shapes(True, "vgg16")
+    assert shapes["classifier.0.weight"] == (4096, 25088)
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(1)
+        elif key.endswith("running_var"):
+            state[key] = torch.ones(shape)
+        elif key.startswith("classifier."):
+            state[key] = torch.empty(shape).normal_(0, 0.01, generator=g)
+        else:
+            state[key] = torch.empty(shape).normal_(0, 0.05, generator=g)
+    torch.save(state, tmp_path / "vgg16_bn.pth")
+    del state
+    model = dx.FCN8s(arch="vgg16")
+    assert model.load_vgg16(tmp_path / "vgg16_bn.pth") is True
+    state = torch.load(tmp_path / "vgg16_bn.pth", weights_only=True)
+    model.eval()
+    with torch.no_grad():
+        pool5 = model.encode(torch.randn(1, 3, 224, 224))[0]
+        assert pool5.shape == (1, 512, 7, 7)
+        fc6 = F.conv2d(pool5, model.fc6.conv.weight, model.fc6.conv.bias)
+        ref6 = F.linear(pool5.flatten(1), state["classifier.0.weight"], state["classifier.0.bias"])
+    torch.testing.assert_close(fc6.flatten(1), ref6, rtol=1e-4, atol=1e-4)
+    assert torch.equal(model.fc7.conv.weight[:, :, 0, 0], state["classifier.3.weight"])
+    assert torch.equal(model.features[40].weight, state["features.40.weight"])
+    assert torch.equal(model.features[41].running_mean, state["features.41.running_mean"])

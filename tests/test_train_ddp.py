@@ -2,6 +2,7 @@
 after every step; with SyncBatchNorm the pair trains like one process on the combined
 batch; the CPU SyncBatchNorm matches BatchNorm2d on the whole batch."""
 import os
+import socket
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import deconvnet_ext as dx
-from deconvnet_ext.distributed import CPUSyncBatchNorm2d
+from deconvnet_ext.distributed import CPUSyncBatchNorm2d, cleanup_distributed, setup_distributed
 from deconvnet_ext.train import TrainConfig, fit
 from test_train_support import NUM_CLASSES, Squares
 
@@ -30,9 +31,14 @@ def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _worker(rank, tmp):
+def _worker(rank, tmp, port):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
+    # torchrun's environment: setup_distributed creates the group from it, and the
+    # later fit() calls in this process reuse that group
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    ctx = setup_distributed("cpu")
+    assert ctx.owns_group and ctx.world_size == 2 and dist.get_backend() == "gloo"
     try:
         # 1. the CPU SyncBatchNorm: each process holds half of one batch
         torch.manual_seed(7)
@@ -52,13 +58,18 @@ def _worker(rank, tmp):
             fit(_model(), Squares(12), _config(2, sync_bn), f"{tmp}/run{int(sync_bn)}",
                 on_step=lambda stage, step, model, loss: snaps.append(_snapshot(model)))
             torch.save(snaps, f"{tmp}/snaps{int(sync_bn)}_{rank}.pt")
+        assert dist.is_initialized()
     finally:
-        dist.destroy_process_group()
+        cleanup_distributed(ctx)
+    assert not dist.is_initialized()
 
 
 @pytest.mark.slow
 def test_two_process_gloo_ddp(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_worker, args=(str(tmp_path), port), nprocs=2, join=True)
 
     # SyncBatchNorm == BatchNorm2d over the combined batch
     torch.manual_seed(7)
