@@ -1,0 +1,36 @@
+"""End to end: one DeconvNet training step with deconvnet_ext's pools/unpools
+(pool_impl="ext", "ours") against torch's own (pool_impl="torch"): the tiny net on
+CPU, the paper's vgg16 at 224x224, batch 16, on CUDA. Same weights, same batch; the
+first step's loss must agree before anything is timed."""
+import functools
+
+import pytest
+import torch
+
+import harness
+from train_cases import POOL_IMPL_OF, batch, build_model, train_cases, train_step
+
+CONTENDERS = ("ours", "torch")
+
+
+@functools.lru_cache(maxsize=1)
+def first_step_loss(case):
+    """The first step's loss with torch's pooling: what both contenders must give."""
+    model = build_model(case, "torch")
+    images, labels = batch(case, model.input_size)
+    return train_step(model, images, labels)()
+
+
+@pytest.mark.parametrize("train_case", train_cases())
+def test_train_step(benchmark, train_case, contender):
+    model = build_model(train_case, POOL_IMPL_OF[contender])
+    images, labels = batch(train_case, model.input_size)
+    expected = first_step_loss(train_case)
+
+    def check(loss):
+        torch.testing.assert_close(loss, expected)
+
+    harness.run_benchmark(benchmark, op="train_step", case_id=train_case.id, contender=contender,
+                          device=train_case.device, fn=train_step(model, images, labels),
+                          check=check, bytes_moved=0, pool_impl=POOL_IMPL_OF[contender],
+                          input_size=model.input_size)
