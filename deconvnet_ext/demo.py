@@ -103,8 +103,9 @@ def _synthetic_data(out: Path, sizes: dict, seed: int) -> Path:
                 (sizes["num_train"], sizes["num_val"], seed):
             print(f"reusing the synthetic dataset in {root}")
             return root
-    # The stage-2 proposal cache is keyed by image names, which a new seed keeps: drop it.
-    shutil.rmtree(out / "proposal_cache", ignore_errors=True)
+    # The stage-2 proposal cache is keyed by image names, which a new seed keeps: drop it
+    # (the trainer keeps it in OUT/checkpoints/proposal_cache).
+    shutil.rmtree(out / "checkpoints" / "proposal_cache", ignore_errors=True)
     return generate_synthetic_voc(root, num_train=sizes["num_train"], num_val=sizes["num_val"],
                                   seed=seed)
 
@@ -135,8 +136,7 @@ def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage
                          checkpoint_every=0, batch_size=DECONVNET_BATCH_SIZE)
     info = {}
     summary = train_deconvnet(root, out, arch=arch, stage1_steps=stage1_steps,
-                              stage2_steps=stage2_steps, config=config,
-                              crop_options={"cache_dir": str(out / "proposal_cache")})
+                              stage2_steps=stage2_steps, config=config)
     # FCN-8s trains on whole images at the size it will see at inference (the longer
     # side of the data's images, capped for CPU memory), so train and test scales agree.
     from .data.voc import VOCSegmentation
