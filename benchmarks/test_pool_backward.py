@@ -45,8 +45,8 @@ def test_pool_forward_backward(benchmark, pool_case, contender):
     def check(grad_in):
         harness.assert_equal(grad_in, expected, "input gradient")
 
-    if contender == "floor":
-        fn, check = harness.floor_function(bytes_moved, pool_case.device), None
+    if contender in harness.FLOORS:
+        fn, check = harness.floor_function(bytes_moved, pool_case.device, contender), None
     elif contender == "ours":
         fn = forward_backward(lambda t: dx.max_pool2d_with_switches(t, KERNEL, STRIDE)[0], x, grad_out)
     elif contender == "torch":

@@ -46,8 +46,8 @@ def test_pool_forward(benchmark, pool_case, contender):
                       check_switches(data, pool_case)),
     }
     bytes_moved = sizes["input"] + sizes["output"] + sizes["switches"]
-    if contender == "floor":
-        fn, check = harness.floor_function(bytes_moved, pool_case.device), None
+    if contender in harness.FLOORS:
+        fn, check = harness.floor_function(bytes_moved, pool_case.device, contender), None
     else:
         if contender == "torch_compile":
             compiled_pool = harness.compiled(torch_pool, pool_case.id, benchmark.disabled)
