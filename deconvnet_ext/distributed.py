@@ -38,7 +38,10 @@ class DistContext:
 def default_device(device: Optional[str] = None, local_rank: int = 0) -> torch.device:
     """``device`` if given, else this process's GPU when CUDA is available, else CPU."""
     if device is not None:
-        return torch.device(device)
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:  # "cuda": this process's GPU
+            dev = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")

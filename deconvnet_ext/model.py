@@ -232,7 +232,7 @@ class FCN8s(nn.Module):
         x = self.fc7(self.fc6(x)[:, :, :h5, :w5])  # an even fc6 kernel overhangs by one
         x = self.upscore2(self.score_fr(x)) + self.score_pool4(pools[3])
         x = self.upscore_pool4(x) + self.score_pool3(pools[2])
-        return self.upscore8(x)[:, :, :H, :W]
+        return self.upscore8(x)[:, :, :H, :W].contiguous()
 
     def load_vgg16(self, path) -> bool:
         """Encoder (convs, fc6, fc7) from a torchvision vgg16/vgg16_bn file; see vgg.py."""

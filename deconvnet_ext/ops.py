@@ -32,7 +32,12 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 def _params(kernel_size: IntPair, stride: Optional[IntPair], padding: IntPair,
             dilation: IntPair) -> Tuple[List[int], List[int], List[int], List[int]]:
-    k, s, p, d = pool_params(kernel_size, stride, padding, dilation)
+    try:
+        k, s, p, d = pool_params(kernel_size, stride, padding, dilation)
+    except TypeError as exc:
+        raise TypeError("kernel_size, stride, padding and dilation must each be an int or a "
+                        f"pair of ints, got kernel_size={kernel_size!r}, stride={stride!r}, "
+                        f"padding={padding!r}, dilation={dilation!r}") from exc
     return list(k), list(s), list(p), list(d)
 
 
@@ -119,6 +124,13 @@ def _working_format(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def _empty_like_kernel(t: torch.Tensor, shape, dtype: Optional[torch.dtype] = None):
+    """What the kernels allocate: `shape`, t's device and dtype (or `dtype`), in the
+    working format of t (at::empty(..., memory_format) gives these exact strides)."""
+    return torch.empty(shape, dtype=dtype or t.dtype, device=t.device,
+                       memory_format=_working_format(t))
+
+
 def _check_fake_pair(op: str, x: torch.Tensor, switches: torch.Tensor) -> None:
     if x.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: self must be float32, float64, float16 or bfloat16, "
@@ -143,23 +155,21 @@ def _pool_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
     oh = _pooled_size(x.shape[-2], kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
     ow = _pooled_size(x.shape[-1], kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
     shape = (*x.shape[:-2], oh, ow)
-    fmt = _working_format(x)
-    return (x.new_empty(shape).contiguous(memory_format=fmt),
-            x.new_empty(shape, dtype=torch.uint8).contiguous(memory_format=fmt))
+    return _empty_like_kernel(x, shape), _empty_like_kernel(x, shape, torch.uint8)
 
 
 @torch.library.register_fake("deconvnet_ext::max_unpool2d_with_switches")
 def _unpool_fake(x, switches, kernel_size, stride, padding, dilation, output_size):
     _check_fake_pair("max_unpool2d_with_switches", x, switches)
     shape = (*x.shape[:-2], output_size[0], output_size[1])
-    return x.new_empty(shape).contiguous(memory_format=_working_format(x))
+    return _empty_like_kernel(x, shape)
 
 
 @torch.library.register_fake("deconvnet_ext::gather_at_switches")
 def _gather_fake(y, switches, kernel_size, stride, padding, dilation):
     _check_fake_pair("gather_at_switches", y, switches)
     shape = (*y.shape[:-2], switches.shape[-2], switches.shape[-1])
-    return y.new_empty(shape).contiguous(memory_format=_working_format(y))
+    return _empty_like_kernel(y, shape)
 
 
 # ---- autograd: every backward is one of the ops (so it has a backward too) ----

@@ -92,14 +92,17 @@ def _edge_boxes_xywh(image: np.ndarray, edge_model, max_boxes: int) -> np.ndarra
 
 def propose(image: np.ndarray, max_proposals: int = 2000, min_size: int = 0,
             method: str = "selective_search", edge_model: str | Path | None = None,
-            work_size: int | None = 256) -> np.ndarray:
+            work_size: int | None = 256, upscale: bool = False) -> np.ndarray:
     """Ranked region proposals for uint8 (H, W, 3) RGB `image`.
 
     Returns int64 (K, 4) boxes [x0, y0, x1, y1) with 0 <= x0 < x1 <= W, 0 <= y0 < y1 <= H,
     best first, no duplicates, K <= max_proposals. Boxes whose shorter side is under
     `min_size` px (image pixels) are skipped (see `scaled_min_size`). work_size: the
-    longer image side the proposer runs at (None = full resolution); boxes are scaled
-    back to the image. Deterministic: the same image gives the same boxes."""
+    longer image side the proposer runs at when the image is larger (None = full
+    resolution); with upscale=True smaller images are enlarged to it too (selective
+    search finds more small objects on small images that way, at ~2-4x the time).
+    Boxes are scaled back to the image. Deterministic: the same image gives the same
+    boxes."""
     _check_image(image)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -112,10 +115,13 @@ def propose(image: np.ndarray, max_proposals: int = 2000, min_size: int = 0,
     height, width = image.shape[:2]
     scale = 1.0
     work = image
-    if work_size is not None and max(height, width) > work_size:
+    if work_size is not None and (max(height, width) > work_size
+                                  or (upscale and max(height, width) < work_size)):
         scale = max(height, width) / float(work_size)
         size = (max(1, round(width / scale)), max(1, round(height / scale)))
-        work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        shrink = scale > 1
+        work = cv2.resize(image, size,
+                          interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     if method == "selective_search":
         xywh = _selective_search_xywh(work)
     else:

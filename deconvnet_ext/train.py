@@ -285,11 +285,19 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
     payload, start = None, 0
     if resume and checkpoint_path.exists():
         payload = load_checkpoint(checkpoint_path)
+        saved = {k: payload["meta"].get(k) for k in ("kind", "arch", "num_classes")}
+        if saved != {k: meta.get(k) for k in saved}:
+            raise CheckpointError(f"{checkpoint_path}: holds a different network {saved!r}, "
+                                  f"cannot resume a {type(model).__name__} {meta!r}")
         if payload.get("fingerprint") != fingerprint:
             raise CheckpointError(
                 f"{checkpoint_path}: written with settings {payload.get('fingerprint')!r}, "
                 f"cannot resume with {fingerprint!r}")
-        model.load_state_dict(payload["model"])
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{checkpoint_path}: its weights do not fit this "
+                                  f"{type(model).__name__} ({payload['meta']!r})") from exc
         start = int(payload["step"])
     if config.sync_bn and ctx.distributed:
         model = convert_sync_batchnorm(model, device)
@@ -467,7 +475,8 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     (stage-1, stage-2) datasets of (image (3,S,S), label (S,S)) pairs. Stage 1 trains
     from scratch (or the encoder from ``vgg_weights``); stage 2 starts from stage 1's
     weights with a fresh optimizer. Shared settings come from ``config`` (its ``steps``
-    is replaced by stage1_steps / stage2_steps). Writes out_dir/stage1/, out_dir/stage2/
+    is replaced by stage1_steps / stage2_steps). ``crop_options`` go to InstanceCrops
+    (default cache_dir: out_dir/proposal_cache). Writes out_dir/stage1/, out_dir/stage2/
     and the final out_dir/deconvnet.pt."""
     config = config or TrainConfig()
     out_dir = Path(out_dir)
@@ -483,6 +492,9 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
             from .data.crops import InstanceCrops
             voc = _voc(data, split)
             options = dict(crop_options or {})
+            # stage 2's proposals are computed once and reused (by --resume too)
+            options.setdefault("cache_dir", str(out_dir / "proposal_cache"))
+            options.setdefault("progress", config.progress and ctx.is_main)
             stage_data = [InstanceCrops(voc, model.input_size, stage=s, **options) for s in (1, 2)]
         if ctx.is_main:
             print(f"DeconvNet ({arch}): {model.num_parameters:,} parameters; "
@@ -506,7 +518,7 @@ def train_fcn(data: Union[str, Path, Dataset], out_dir: Union[str, Path], *, arc
               on_step: Optional[OnStep] = None) -> TrainSummary:
     """FCN-8s on whole images: a VOC root or VOC-style dataset (wrapped in WholeImages of
     ``image_size``, default twice the arch's crop size), or a ready dataset of
-    (image, label) pairs (used as is when its items are pairs). Writes out_dir/fcn/ and
+    (image, label) pairs (used as is). Writes out_dir/fcn/ and
     the final out_dir/fcn8s.pt."""
     from .model import FCN8s
 
@@ -519,7 +531,7 @@ def train_fcn(data: Union[str, Path, Dataset], out_dir: Union[str, Path], *, arc
         if vgg_weights is not None:
             model.load_vgg16(vgg_weights)
         dataset = _voc(data, split)
-        if len(dataset) and not isinstance(dataset[0], (tuple, list)):
+        if len(dataset) and hasattr(dataset[0], "image"):  # VOC samples, not ready pairs
             dataset = WholeImages(dataset, image_size or 2 * model.input_size)
         if ctx.is_main:
             print(f"FCN-8s ({arch}): {model.num_parameters:,} parameters; {len(dataset)} images")
@@ -556,6 +568,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
+    parser.add_argument("--proposals", choices=("selective_search", "jitter"),
+                        default="selective_search",
+                        help="stage-2 crop boxes: selective search (cached under --out) or "
+                             "jittered ground-truth boxes (fast)")
     parser.add_argument("--vgg-weights", default=None,
                         help="local torchvision vgg16 / vgg16_bn state-dict file for the encoder")
     parser.add_argument("--pool-impl", choices=("ext", "torch"), default="ext")
@@ -583,7 +599,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 args.data, args.out, arch=args.arch, num_classes=args.num_classes,
                 pool_impl=args.pool_impl, stage1_steps=args.stage1_steps,
                 stage2_steps=args.stage2_steps, config=config, split=args.split,
-                vgg_weights=args.vgg_weights, resume=args.resume))
+                vgg_weights=args.vgg_weights, resume=args.resume,
+                crop_options={"proposals": args.proposals}))
         if args.model in ("fcn8s", "both"):
             summaries.append(train_fcn(
                 args.data, args.out, arch=args.arch, num_classes=args.num_classes,

@@ -298,3 +298,38 @@ def test_op_checks_its_arguments_without_the_wrapper(args, words):
 def test_boxes_on_another_device_is_refused():
     with pytest.raises(ValueError, match="boxes is on"):
         dx.aggregate_proposals(MAPS.cuda(), BOXES, (8, 9))
+
+
+PORTABLE_PATH_CHECK = r"""
+import torch, deconvnet_ext as dx
+from deconvnet_ext import reference
+assert torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+g = torch.Generator().manual_seed(29)
+for dtype in (torch.float32, torch.float64):
+    maps = torch.randn(6, 2, 37, 53, generator=g, dtype=dtype)
+    x0, y0 = torch.randint(-40, 100, (6,), generator=g), torch.randint(-40, 80, (6,), generator=g)
+    big = torch.stack([x0, y0, x0 + torch.randint(70, 160, (6,), generator=g),
+                       y0 + torch.randint(70, 140, (6,), generator=g)], 1)
+    small = torch.stack([x0, y0, x0 + torch.randint(1, 40, (6,), generator=g),
+                         y0 + torch.randint(1, 40, (6,), generator=g)], 1)
+    for mode in ("max", "sum", "mean"):
+        out = dx.aggregate_proposals(maps, big, (120, 150), mode)
+        assert torch.equal(out, reference.aggregate_proposals(maps, big, (120, 150), mode)), mode
+        out = dx.aggregate_proposals(maps, small, (120, 150), mode)
+        ref = reference.aggregate_proposals(maps, small, (120, 150), mode)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=2e-6)
+print("ok")
+"""
+
+
+def test_portable_path_matches_torch_default_kernels():
+    """DECONVNET_EXT_NO_AVX2=1 takes the path of CPUs without AVX2/FMA (plain products);
+    it equals torch's own DEFAULT-capability resize, bit for bit on large boxes."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, DECONVNET_EXT_NO_AVX2="1", ATEN_CPU_CAPABILITY="default",
+               OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", PORTABLE_PATH_CHECK], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]

@@ -139,3 +139,31 @@ def test_bad_arguments(dataset):
     crops = InstanceCrops(dataset, S, stage=1, progress=False)
     with pytest.raises(IndexError):
         crops[len(crops)]
+
+
+def test_stage1_target_keeps_only_its_instance_and_its_band():
+    label = np.zeros((40, 40), np.uint8)
+    inst = np.zeros((40, 40), np.uint8)
+    label[5:15, 5:15], inst[5:15, 5:15] = 12, 1
+    label[4, 5:15] = inst[4, 5:15] = IGNORE_INDEX      # band next to instance 1
+    label[25:35, 25:35], inst[25:35, 25:35] = 3, 2
+    label[24, 25:35] = inst[24, 25:35] = IGNORE_INDEX  # band next to instance 2, far away
+    target = InstanceCrops._single_instance_label(label, inst, 1, 12)
+    assert (target[5:15, 5:15] == 12).all()
+    assert (target[4, 5:15] == IGNORE_INDEX).all()
+    assert (target[25:35, 25:35] == 0).all() and (target[24, 25:35] == 0).all()
+    assert set(np.unique(target)) == {0, 12, IGNORE_INDEX}
+
+
+def test_proposal_cache_is_not_reused_for_changed_files(tmp_path):
+    root = generate_synthetic_voc(tmp_path / "voc", 2, 0, (48, 64), seed=1, progress=False)
+    cache = tmp_path / "cache"
+    InstanceCrops(VOCSegmentation(root, "train"), 16, stage=2, proposals="jitter",
+                  cache_dir=cache, progress=False)
+    generate_synthetic_voc(root, 2, 0, (48, 64), seed=2, progress=False)
+    again = InstanceCrops(VOCSegmentation(root, "train"), 16, stage=2, proposals="jitter",
+                          cache_dir=cache, progress=False)
+    assert len(list(cache.glob("*.npy"))) == 2
+    fresh = InstanceCrops(VOCSegmentation(root, "train"), 16, stage=2, proposals="jitter",
+                          progress=False)
+    np.testing.assert_array_equal(again.items, fresh.items)

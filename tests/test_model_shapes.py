@@ -125,3 +125,23 @@ def test_ext_and_torch_pooling_same_outputs_and_gradients(train_mode):
     torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
     for (name, p), q in zip(ext.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ext_and_torch_pooling_agree_on_cuda(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    torch.manual_seed(0)
+    ext = dx.DeconvNet(num_classes=4, arch="tiny", pool_impl="ext").cuda()
+    ref = copy.deepcopy(ext).set_pool_impl("torch")
+    x = torch.randn(3, 3, 64, 64, device="cuda")
+    target = torch.randint(0, 4, (3, 64, 64), device="cuda")
+    outs = []
+    for model in (ext, ref):
+        out = model(x)
+        torch.nn.functional.cross_entropy(out, target).backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1])
+    for (name, p), q in zip(ext.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)

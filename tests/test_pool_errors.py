@@ -41,6 +41,11 @@ def test_pool_bad_arguments(call, exc, pattern):
         call()
 
 
+def test_non_integer_window_arguments():
+    with pytest.raises(TypeError, match=r"kernel_size=2\.0"):
+        dx.max_pool2d_with_switches(x4(), 2.0)
+
+
 def test_window_of_256_is_accepted():
     x = x4(shape=(1, 2, 16, 16))
     out, sw = dx.max_pool2d_with_switches(x, 16)

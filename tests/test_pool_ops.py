@@ -39,10 +39,25 @@ def test_matches_torch_over_sampled_grid(case):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_deconvnet_pool_all_dtypes_and_layouts(dtype, layout):
     # 2x2 / stride 2 has an AVX2 path (NCHW float32); odd sizes exercise its tails.
-    for size in ((16, 38), (7, 9)):
+    for size in ((16, 38), (7, 9), (9, 37)):
         for ceil_mode in (False, True):
             case = PoolCase((2, 2), (2, 2), (0, 0), (1, 1), ceil_mode, size)
             check_against_torch(make_input((2, 5, *size), dtype, layout, seed=1), case)
+
+
+@pytest.mark.parametrize("case", [
+    PoolCase((3, 3), (1, 1), (1, 1), (1, 1), False, (9, 57)),
+    PoolCase((3, 3), (2, 2), (1, 1), (1, 1), True, (9, 75)),
+    PoolCase((5, 4), (3, 3), (2, 2), (2, 1), True, (14, 110)),
+    PoolCase((2, 3), (1, 1), (0, 1), (1, 2), False, (5, 41)),
+    PoolCase((1, 1), (1, 2), (0, 0), (1, 1), False, (3, 64)),
+], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_wide_rows_take_the_blocked_path(case, dtype):
+    # Rows of 16+ interior windows run through the vectorized block loop.
+    x = make_input((2, 3, *case.size), dtype, "contiguous", seed=13, ties=dtype == torch.float16)
+    x[x > 1.5] = float("nan")
+    check_against_torch(x, case)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -148,3 +163,15 @@ def test_opcheck(layout):
         torch.library.opcheck(torch.ops.deconvnet_ext.max_pool2d_with_switches, (x, *args))
     torch.library.opcheck(torch.ops.deconvnet_ext.max_pool2d_with_switches,
                           (x[0].detach(), [2, 2], [2, 2], [0, 0], [1, 1], False))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 4, 4), (1, 3, 4, 4), (2, 3, 1, 1)])
+def test_opcheck_on_layouts_with_ambiguous_strides(shape):
+    # Size-1 dims make contiguous and channels_last strides coincide in part; the fake
+    # kernels must still give exactly the strides the real kernels allocate.
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    args = ([1, 1], [1, 1], [0, 0], [1, 1])
+    torch.library.opcheck(torch.ops.deconvnet_ext.max_pool2d_with_switches, (x, *args, False))
+    out, sw = torch.ops.deconvnet_ext.max_pool2d_with_switches(x, *args, False)
+    torch.library.opcheck(torch.ops.deconvnet_ext.max_unpool2d_with_switches,
+                          (out, sw, *args, list(shape[-2:])))

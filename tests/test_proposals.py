@@ -53,6 +53,14 @@ def test_downscaled_search_maps_boxes_back_into_the_image():
     assert (boxes[:, 2] - boxes[:, 0]).max() > 200  # some box spans most of the width
 
 
+def test_upscaled_search_stays_in_the_image_and_finds_more(image):
+    native = propose(image, work_size=256)
+    boxes = propose(image, work_size=256, upscale=True)
+    _check_valid(boxes, 96, 128)
+    assert len(boxes) > len(native)
+    np.testing.assert_array_equal(propose(image, work_size=256, upscale=True), boxes)
+
+
 def test_edgeboxes_needs_an_existing_model_file(image, tmp_path):
     missing = tmp_path / "no_such_model.yml.gz"
     with pytest.raises(UserError, match="no_such_model.yml.gz"):

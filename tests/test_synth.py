@@ -55,7 +55,7 @@ def test_files_read_back_equal_the_rendered_arrays(synth_root):
     band = json.loads((synth_root / synthetic.META_FILE).read_text())["band"]
     for i in (0, 5, 11):
         rng = np.random.default_rng([3, 0, i])
-        image, label, instances = render_scene(rng, *SIZE, band)
+        image, label, instances = render_scene(rng, *SIZE, band, lead=1 + i % 20)
         sample = ds[i]
         assert sample.name == f"synth_train_{i:06d}"
         np.testing.assert_array_equal(sample.label, label)
@@ -107,6 +107,13 @@ def test_default_set_has_every_class_and_varied_scales():
     assert classes == set(range(1, 21))
     assert min(heights) <= 12 and max(heights) >= 0.5 * height
     assert max(per_image) >= 4
+
+
+def test_regenerating_replaces_the_previous_set(tmp_path):
+    root = generate_synthetic_voc(tmp_path / "r", 5, 2, (48, 64), seed=0, progress=False)
+    generate_synthetic_voc(root, 2, 1, (48, 64), seed=0, progress=False)
+    fresh = generate_synthetic_voc(tmp_path / "f", 2, 1, (48, 64), seed=0, progress=False)
+    assert _tree_bytes(root) == _tree_bytes(fresh)
 
 
 def test_bad_arguments_are_refused(tmp_path):

@@ -88,6 +88,8 @@ def test_resume_refuses_other_settings_and_bad_files(tmp_path):
     fit(_model(), Squares(4), _config(steps=2), tmp_path)
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*cannot resume"):
         fit(_model(), Squares(4), _config(steps=4, lr=0.02), tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt.*different network"):
+        fit(_model("fcn8s"), Squares(4), _config(steps=2), tmp_path, resume=True)
     data = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt").write_bytes(data[:100])
     with pytest.raises(CheckpointError, match=r"checkpoint\.pt"):
@@ -145,3 +147,15 @@ def test_two_stages_chain_and_fcn(tmp_path):
     fcn = train_fcn(Squares(6), tmp_path / "f", num_classes=NUM_CLASSES, steps=2, config=cfg)
     fmodel, fmeta = load_model(fcn.path)
     assert fmeta["kind"] == "fcn8s" and fmodel(torch.randn(1, 3, 40, 52)).shape == (1, NUM_CLASSES, 40, 52)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_amp_training_on_cuda(tmp_path):
+    result = fit(_model(), Squares(8), _config(steps=4, device="cuda", amp=True), tmp_path)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert next(result.model.parameters()).is_cuda
+    payload = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert payload["scaler"] and payload["step"] == 4
+    model, _ = load_model(tmp_path / "model.pt")  # loads onto the CPU
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, NUM_CLASSES, 64, 64)

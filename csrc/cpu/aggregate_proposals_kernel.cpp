@@ -16,12 +16,12 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <vector>
 
 #include "common/bilinear.h"
@@ -40,9 +40,15 @@ namespace {
 
 using bilinear::Taps;
 
+// DECONVNET_EXT_NO_AVX2=1 in the environment takes the portable path (as on a
+// CPU without AVX2/FMA), so tests on an AVX2 machine can check that path too.
 bool cpu_has_avx2_fma() {
 #if DECONVNET_EXT_AGG_X86
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool yes = [] {
+    const char* off = std::getenv("DECONVNET_EXT_NO_AVX2");
+    if (off != nullptr && off[0] != '\0' && off[0] != '0') return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return yes;
 #else
   return false;
@@ -281,8 +287,13 @@ struct Avx2Rows {
 // Otherwise (few classes, e.g. C = 1) planes are split into bands.
 int64_t band_rows(const Shape& s) {
   const int64_t planes = std::max<int64_t>(s.B * s.C, 1);
-  const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t bands = std::max<int64_t>(1, (want_tasks + planes - 1) / planes);
+  const int64_t threads = std::max<int64_t>(at::get_num_threads(), 1);
+  const int64_t least = std::max<int64_t>(1, (4 * threads + planes - 1) / planes);
+  // Planes of one image cost the same: a task count divisible by the thread
+  // count splits them evenly (21 classes on 2 threads: 2 bands, not 1).
+  int64_t bands = least;
+  while (bands < least * threads && (planes * bands) % threads != 0) ++bands;
+  if ((planes * bands) % threads != 0) bands = least;
   return std::max<int64_t>(8, (s.H + bands - 1) / bands);
 }
 
@@ -303,6 +314,8 @@ void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) 
       const int64_t r0 = band * rows_per_band;
       const int64_t r1 = std::min(r0 + rows_per_band, s.H);
       T* plane = out + (b * s.C + c) * s.H * s.W;
+      // The canvas starts at zero; zeroed here, by the thread that owns it.
+      std::fill(plane + r0 * s.W, plane + r1 * s.W, T(0));
       for (int64_t q = plan.image_start[b]; q < plan.image_start[b + 1]; ++q) {
         const int64_t k = plan.order[q];
         const Placement& p = plan.placements[k];
@@ -359,7 +372,7 @@ void run(const Shape& s, const at::Tensor& maps, const at::Tensor& boxes,
   aggregate_into<T, kFused, Rows>(s, maps.const_data_ptr<T>(), plan, out.data_ptr<T>());
 }
 
-// Dispatches on dtype and on the CPU's FMA support; `out` is a zeroed
+// Dispatches on dtype and on the CPU's FMA support; `out` is a
 // (B, C, H, W) tensor of maps' dtype (float32 or float64).
 void aggregate_dispatch(const Shape& s, const at::Tensor& maps, const at::Tensor& boxes,
                         const at::Tensor& image_index, at::Tensor& out) {
@@ -392,7 +405,8 @@ at::Tensor aggregate_proposals_cpu(const at::Tensor& maps, const at::Tensor& box
   const at::Tensor boxes_c = boxes.to(at::kLong).contiguous();
   const at::Tensor index_c =
       s.batched ? image_index->to(at::kLong).contiguous() : at::Tensor();
-  at::Tensor out = at::zeros({s.B, s.C, s.H, s.W}, maps_c.options());
+  // Every element is written by the task that owns it (zeroed first).
+  at::Tensor out = at::empty({s.B, s.C, s.H, s.W}, maps_c.options());
   if (out.numel() > 0) aggregate_dispatch(s, maps_c, boxes_c, index_c, out);
   else if (s.K > 0) make_plan<float, true>(s, boxes_c, index_c);  // still check the values
   if (reduced) out = out.to(dtype);

@@ -22,6 +22,7 @@
 #include "common/pool_checks.h"
 #include "common/pool_geometry.h"
 #include "cpu/cpu_features.h"
+#include "cpu/pool_hugepages.h"
 
 #if DECONVNET_EXT_X86_AVX2
 #include <immintrin.h>
@@ -104,39 +105,137 @@ DECONVNET_EXT_TARGET_AVX2 int64_t pool2x2_row_avx2(const float* r0, const float*
 }
 #endif
 
+// ---- NCHW, any geometry, blocks of kRowBlock interior outputs (windows wholly
+// inside the input along W): the block's running max and tap live in small
+// arrays and the loop over the block is vectorized by the compiler (input
+// strides 1 and 2 are compile-time constants; others become gathers).
+constexpr int64_t kRowBlock = 16;
+
+template <typename scalar_t, int64_t kStride>
+inline __attribute__((always_inline)) void pool_block_nchw(const scalar_t* plane, int64_t W,
+                                                           int64_t oh, TapRange ti, int64_t ow0,
+                                                           const PoolParams& p,
+                                                           scalar_t* out_row, uint8_t* sw_row) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t sW = kStride > 0 ? kStride : p.w.stride;
+  acc_t best[kRowBlock];
+  int32_t tap[kRowBlock];
+  const int32_t first = static_cast<int32_t>(ti.begin * p.w.kernel);
+  for (int64_t b = 0; b < kRowBlock; ++b) {
+    best[b] = -std::numeric_limits<acc_t>::infinity();
+    tap[b] = first;
+  }
+  for (int64_t i = ti.begin; i < ti.end; ++i) {
+    const scalar_t* row = plane + pool::tap_position(oh, i, p.h) * W + ow0 * sW - p.w.padding;
+    for (int64_t j = 0; j < p.w.kernel; ++j) {
+      const scalar_t* src = row + j * p.w.dilation;
+      const int32_t t = static_cast<int32_t>(i * p.w.kernel + j);
+      for (int64_t b = 0; b < kRowBlock; ++b) {
+        const acc_t v = static_cast<acc_t>(src[b * sW]);
+        const bool take = pool::argmax_takes(v, best[b]);
+        best[b] = take ? v : best[b];
+        tap[b] = take ? t : tap[b];
+      }
+    }
+  }
+  for (int64_t b = 0; b < kRowBlock; ++b) {
+    out_row[ow0 + b] = static_cast<scalar_t>(best[b]);
+    sw_row[ow0 + b] = static_cast<uint8_t>(tap[b]);
+  }
+}
+
+// Outputs [from, oW) of row oh: clipped windows one by one, interior ones in blocks.
+template <typename scalar_t>
+inline __attribute__((always_inline)) void pool_row_general(const scalar_t* plane, int64_t H,
+                                                            int64_t W, int64_t oh, int64_t from,
+                                                            int64_t oW, const PoolParams& p,
+                                                            scalar_t* out_row,
+                                                            uint8_t* sw_row) {
+  const pool::Axis& a = p.w;
+  // Interior: ow * stride - padding >= 0 and its last tap < W.
+  const int64_t lo = std::min(oW, std::max(from, pool::ceil_div_nonneg(a.padding, a.stride)));
+  const int64_t last = W - 1 + a.padding - (a.kernel - 1) * a.dilation;
+  const int64_t hi = std::max(lo, std::min(oW, last < 0 ? int64_t(0) : last / a.stride + 1));
+  pool_row_nchw(plane, H, W, oh, from, lo, p, out_row, sw_row);
+  const TapRange ti = pool::window_taps(oh, H, p.h);
+  int64_t ow = lo;
+  for (; ow + kRowBlock <= hi; ow += kRowBlock) {
+    if (a.stride == 1) {
+      pool_block_nchw<scalar_t, 1>(plane, W, oh, ti, ow, p, out_row, sw_row);
+    } else if (a.stride == 2) {
+      pool_block_nchw<scalar_t, 2>(plane, W, oh, ti, ow, p, out_row, sw_row);
+    } else {
+      pool_block_nchw<scalar_t, 0>(plane, W, oh, ti, ow, p, out_row, sw_row);
+    }
+  }
+  pool_row_nchw(plane, H, W, oh, ow, oW, p, out_row, sw_row);
+}
+
 bool is_2x2_stride2(const PoolParams& p) {
   return p.h.kernel == 2 && p.w.kernel == 2 && p.h.stride == 2 && p.w.stride == 2 &&
          p.h.padding == 0 && p.w.padding == 0 && p.h.dilation == 1 && p.w.dilation == 1;
 }
 
+// Output rows [begin, end) of all planes (row r = plane * oH + oh).
+template <typename scalar_t>
+inline __attribute__((always_inline)) void pool_rows_nchw(const scalar_t* in, scalar_t* out,
+                                                          uint8_t* sw, int64_t begin,
+                                                          int64_t end, int64_t H, int64_t W,
+                                                          int64_t oH, int64_t oW,
+                                                          const PoolParams& p, bool fast2x2) {
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t plane = r / oH, oh = r % oH;
+    const scalar_t* in_plane = in + plane * H * W;
+    scalar_t* out_row = out + r * oW;
+    uint8_t* sw_row = sw + r * oW;
+    int64_t done = 0;
+#if DECONVNET_EXT_X86_AVX2
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (fast2x2 && 2 * oh + 1 < H) {
+        // Full windows only: 2 * ow + 1 < W.
+        done = pool2x2_row_avx2(in_plane + 2 * oh * W, in_plane + (2 * oh + 1) * W,
+                                std::min(oW, W / 2), out_row, sw_row);
+      }
+    }
+#endif
+    pool_row_general(in_plane, H, W, oh, done, oW, p, out_row, sw_row);
+  }
+}
+
+#if DECONVNET_EXT_X86_AVX2
+template <typename scalar_t>
+DECONVNET_EXT_TARGET_AVX2 void pool_rows_nchw_avx2(const scalar_t* in, scalar_t* out,
+                                                   uint8_t* sw, int64_t begin, int64_t end,
+                                                   int64_t H, int64_t W, int64_t oH, int64_t oW,
+                                                   const PoolParams& p, bool fast2x2) {
+  pool_rows_nchw(in, out, sw, begin, end, H, W, oH, oW, p, fast2x2);
+}
+#endif
+
+template <typename scalar_t>
+void pool_rows_nchw_default(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t begin,
+                            int64_t end, int64_t H, int64_t W, int64_t oH, int64_t oW,
+                            const PoolParams& p) {
+  pool_rows_nchw(in, out, sw, begin, end, H, W, oH, oW, p, false);
+}
+
 template <typename scalar_t>
 void pool_nchw(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t planes, int64_t H,
                int64_t W, int64_t oH, int64_t oW, const PoolParams& p) {
-  const int64_t rows = planes * oH;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(oW, 1));
-  bool fast = false;
+  bool avx2 = false;
 #if DECONVNET_EXT_X86_AVX2
-  fast = std::is_same_v<scalar_t, float> && is_2x2_stride2(p) && cpu::has_avx2_fma();
+  avx2 = cpu::has_avx2_fma();
 #endif
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t plane = r / oH, oh = r % oH;
-      const scalar_t* in_plane = in + plane * H * W;
-      scalar_t* out_row = out + r * oW;
-      uint8_t* sw_row = sw + r * oW;
-      int64_t done = 0;
+  const bool fast2x2 = avx2 && std::is_same_v<scalar_t, float> && is_2x2_stride2(p);
+  at::parallel_for(0, planes * oH, grain, [&](int64_t begin, int64_t end) {
 #if DECONVNET_EXT_X86_AVX2
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (fast && 2 * oh + 1 < H) {
-          // Full windows only: 2 * ow + 1 < W.
-          const int64_t full = std::min(oW, W / 2);
-          done = pool2x2_row_avx2(in_plane + 2 * oh * W, in_plane + (2 * oh + 1) * W, full,
-                                  out_row, sw_row);
-        }
-      }
-#endif
-      pool_row_nchw(in_plane, H, W, oh, done, oW, p, out_row, sw_row);
+    if (avx2) {
+      pool_rows_nchw_avx2(in, out, sw, begin, end, H, W, oH, oW, p, fast2x2);
+      return;
     }
+#endif
+    pool_rows_nchw_default(in, out, sw, begin, end, H, W, oH, oW, p);
   });
 }
 
@@ -189,6 +288,28 @@ inline __attribute__((always_inline)) void pool_pixels_cl(const scalar_t* in, sc
   }
 }
 
+// Channels [c0, C) of one channels_last output pixel, scalar.
+inline void pool_pixels_cl_tail(const float* image, float* out_pix, uint8_t* sw_pix, int64_t c0,
+                                int64_t C, int64_t H, int64_t W, int64_t oh, int64_t ow,
+                                TapRange ti, TapRange tj, const PoolParams& p) {
+  (void)H;
+  for (int64_t c = c0; c < C; ++c) {
+    float best = -std::numeric_limits<float>::infinity();
+    int64_t best_tap = ti.begin * p.w.kernel + tj.begin;
+    for (int64_t i = ti.begin; i < ti.end; ++i) {
+      for (int64_t j = tj.begin; j < tj.end; ++j) {
+        const float v = image[(pool::tap_position(oh, i, p.h) * W + pool::tap_position(ow, j, p.w)) * C + c];
+        if (pool::argmax_takes(v, best)) {
+          best = v;
+          best_tap = i * p.w.kernel + j;
+        }
+      }
+    }
+    out_pix[c] = best;
+    sw_pix[c] = static_cast<uint8_t>(best_tap);
+  }
+}
+
 #if DECONVNET_EXT_X86_AVX2
 template <typename scalar_t>
 DECONVNET_EXT_TARGET_AVX2 void pool_pixels_cl_avx2(const scalar_t* in, scalar_t* out,
@@ -198,6 +319,54 @@ DECONVNET_EXT_TARGET_AVX2 void pool_pixels_cl_avx2(const scalar_t* in, scalar_t*
   pool_pixels_cl(in, out, sw, begin, end, C, H, W, oH, oW, p);
 }
 #endif
+
+// float32 channels_last with AVX2: 16 channels per step (two vectors), the
+// taps of the window in order with the compare + blend rule; scalar tail.
+DECONVNET_EXT_TARGET_AVX2 void pool_pixels_cl_float_avx2(const float* in, float* out,
+                                                         uint8_t* sw, int64_t begin, int64_t end,
+                                                         int64_t C, int64_t H, int64_t W,
+                                                         int64_t oH, int64_t oW,
+                                                         const PoolParams& p) {
+  const __m256 minus_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t pix = begin; pix < end; ++pix) {
+    const int64_t ow = pix % oW, oh = (pix / oW) % oH, n = pix / (oW * oH);
+    const TapRange ti = pool::window_taps(oh, H, p.h);
+    const TapRange tj = pool::window_taps(ow, W, p.w);
+    const float* image = in + n * H * W * C;
+    const __m256 first = _mm256_set1_ps(static_cast<float>(ti.begin * p.w.kernel + tj.begin));
+    int64_t c = 0;
+    for (; c + 16 <= C; c += 16) {
+      __m256 best0 = minus_inf, best1 = minus_inf, tap0 = first, tap1 = first;
+      for (int64_t i = ti.begin; i < ti.end; ++i) {
+        const float* row = image + pool::tap_position(oh, i, p.h) * W * C + c;
+        for (int64_t j = tj.begin; j < tj.end; ++j) {
+          const float* src = row + pool::tap_position(ow, j, p.w) * C;
+          const __m256 t = _mm256_set1_ps(static_cast<float>(i * p.w.kernel + j));
+          const __m256 v0 = _mm256_loadu_ps(src), v1 = _mm256_loadu_ps(src + 8);
+          const __m256 take0 = _mm256_or_ps(_mm256_cmp_ps(v0, best0, _CMP_GT_OQ),
+                                            _mm256_cmp_ps(v0, v0, _CMP_UNORD_Q));
+          const __m256 take1 = _mm256_or_ps(_mm256_cmp_ps(v1, best1, _CMP_GT_OQ),
+                                            _mm256_cmp_ps(v1, v1, _CMP_UNORD_Q));
+          best0 = _mm256_blendv_ps(best0, v0, take0);
+          best1 = _mm256_blendv_ps(best1, v1, take1);
+          tap0 = _mm256_blendv_ps(tap0, t, take0);
+          tap1 = _mm256_blendv_ps(tap1, t, take1);
+        }
+      }
+      _mm256_storeu_ps(out + pix * C + c, best0);
+      _mm256_storeu_ps(out + pix * C + c + 8, best1);
+      // Taps 0..255 as int32 -> int16 -> uint8 (saturation never triggers).
+      const __m256i t0 = _mm256_cvtps_epi32(tap0), t1 = _mm256_cvtps_epi32(tap1);
+      const __m128i lo = _mm_packs_epi32(_mm256_castsi256_si128(t0), _mm256_extracti128_si256(t0, 1));
+      const __m128i hi = _mm_packs_epi32(_mm256_castsi256_si128(t1), _mm256_extracti128_si256(t1, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(sw + pix * C + c), _mm_packus_epi16(lo, hi));
+    }
+    if (c < C) {
+      // Remaining channels: the generic loop on this one pixel, offset by c.
+      pool_pixels_cl_tail(image, out + pix * C, sw + pix * C, c, C, H, W, oh, ow, ti, tj, p);
+    }
+  }
+}
 
 template <typename scalar_t>
 void pool_pixels_cl_default(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t begin,
@@ -218,7 +387,11 @@ void pool_channels_last(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t 
   at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
 #if DECONVNET_EXT_X86_AVX2
     if (avx2) {
-      pool_pixels_cl_avx2(in, out, sw, begin, end, C, H, W, oH, oW, p);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        pool_pixels_cl_float_avx2(in, out, sw, begin, end, C, H, W, oH, oW, p);
+      } else {
+        pool_pixels_cl_avx2(in, out, sw, begin, end, C, H, W, oH, oW, p);
+      }
       return;
     }
 #endif
@@ -245,6 +418,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_switches_cpu(
   if (out.numel() == 0) {
     return {out, sw};
   }
+  cpu::advise_huge_pages(out.data_ptr(), out.nbytes());
+  cpu::advise_huge_pages(sw.data_ptr(), sw.nbytes());
   const at::Tensor x = x4.contiguous(fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     if (fmt == c10::MemoryFormat::ChannelsLast) {

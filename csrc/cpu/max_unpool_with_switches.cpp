@@ -23,6 +23,7 @@
 #include "common/pool_checks.h"
 #include "common/pool_geometry.h"
 #include "cpu/cpu_features.h"
+#include "cpu/pool_hugepages.h"
 
 #if DECONVNET_EXT_X86_AVX2
 #include <immintrin.h>
@@ -92,6 +93,9 @@ DECONVNET_EXT_TARGET_AVX2 int64_t unpool2x2_row_avx2(const float* x_row, const u
                                                      int64_t i, int64_t windows, float* y_row) {
   const __m256i want0 = _mm256_set1_epi32(static_cast<int>(2 * i));
   const __m256i want1 = _mm256_set1_epi32(static_cast<int>(2 * i + 1));
+  // The output is written once and not read back here: stream it past the
+  // caches (no read-for-ownership) when the row is 32-byte aligned.
+  const bool stream = reinterpret_cast<std::uintptr_t>(y_row) % 32 == 0;
   int64_t ow = 0;
   for (; ow + 8 <= windows; ow += 8) {
     const __m256 v = _mm256_loadu_ps(x_row + ow);
@@ -101,8 +105,13 @@ DECONVNET_EXT_TARGET_AVX2 int64_t unpool2x2_row_avx2(const float* x_row, const u
     const __m256 odd = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(sv, want1)));
     const __m256 lo = _mm256_unpacklo_ps(even, odd);  // outputs 0-3 | 8-11
     const __m256 hi = _mm256_unpackhi_ps(even, odd);  // outputs 4-7 | 12-15
-    _mm256_storeu_ps(y_row + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
-    _mm256_storeu_ps(y_row + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    if (stream) {
+      _mm256_stream_ps(y_row + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
+      _mm256_stream_ps(y_row + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    } else {
+      _mm256_storeu_ps(y_row + 2 * ow, _mm256_permute2f128_ps(lo, hi, 0x20));
+      _mm256_storeu_ps(y_row + 2 * ow + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
   }
   return ow;
 }
@@ -162,6 +171,11 @@ void unpool_nchw(const scalar_t* x, const uint8_t* sw, scalar_t* y, const Unpool
       unpool_row_disjoint(x_plane + oh * oW, sw_plane + oh * oW, i, win.data(), tap.data(),
                           w0, W, kW, y_row);
     }
+#if DECONVNET_EXT_X86_AVX2
+    if (fast) {
+      _mm_sfence();  // order the streaming stores before the result is used
+    }
+#endif
   });
 }
 
@@ -178,9 +192,34 @@ inline __attribute__((always_inline)) void unpool_pixels_cl(const scalar_t* x, c
   acc_t acc[kChannelBlock];
   uint8_t hit[kChannelBlock];
   int64_t rows[pool::kMaxWindow];
+  const bool disjoint = pool::windows_disjoint(s.p.h) && pool::windows_disjoint(s.p.w);
   for (int64_t pix = begin; pix < end; ++pix) {
     const int64_t w = pix % s.W, h = (pix / s.W) % s.H, n = pix / (s.W * s.H);
     for (int64_t i = 0; i < kH; ++i) rows[i] = pool::covering_window(h, i, s.oH, s.p.h);
+    if (disjoint) {
+      // At most one window covers (h, w): a select per channel.
+      int64_t oh = -1, ow = -1, t = 0;
+      for (int64_t i = 0; i < kH; ++i) {
+        for (int64_t j = 0; j < kW; ++j) {
+          if (rows[i] >= 0 && cols[w * kW + j] >= 0) {
+            oh = rows[i];
+            ow = cols[w * kW + j];
+            t = i * kW + j;
+          }
+        }
+      }
+      scalar_t* dst = y + pix * C;
+      if (oh < 0) {
+        std::fill(dst, dst + C, scalar_t(0));
+        continue;
+      }
+      const int64_t o = ((n * s.oH + oh) * s.oW + ow) * C;
+      const uint8_t tap = static_cast<uint8_t>(t);
+      for (int64_t c = 0; c < C; ++c) {
+        dst[c] = sw[o + c] == tap ? x[o + c] : scalar_t(0);
+      }
+      continue;
+    }
     for (int64_t c0 = 0; c0 < C; c0 += kChannelBlock) {
       const int64_t cn = std::min(kChannelBlock, C - c0);
       for (int64_t c = 0; c < cn; ++c) {
@@ -256,6 +295,7 @@ at::Tensor max_unpool2d_with_switches_cpu(const at::Tensor& self, const at::Tens
   if (y.numel() == 0) {
     return y;
   }
+  cpu::advise_huge_pages(y.data_ptr(), y.nbytes());
   const at::Tensor x = self.contiguous(fmt);
   const at::Tensor sw = switches.contiguous(fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {

@@ -13,6 +13,7 @@
 
 #include "common/pool_checks.h"
 #include "common/pool_geometry.h"
+#include "cpu/pool_hugepages.h"
 
 namespace deconvnet_ext {
 namespace {
@@ -68,6 +69,7 @@ at::Tensor gather_at_switches_cpu(const at::Tensor& self, const at::Tensor& swit
   if (out.numel() == 0) {
     return out;
   }
+  cpu::advise_huge_pages(out.data_ptr(), out.nbytes());
   const at::Tensor y = self.contiguous(fmt);
   const at::Tensor sw = switches.contiguous(fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), op, [&] {

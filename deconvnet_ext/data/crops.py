@@ -58,9 +58,9 @@ class InstanceCrops(torch.utils.data.Dataset):
     enlarge: box enlargement before cropping (1.2). mirror: random horizontal flips.
     seed: None (torch's global RNG) or an int (own per-(epoch, index) generator).
     proposals ("selective_search" | "jitter"), max_proposals, min_size (None = the
-    original 112 px scaled to the image; see proposals.scaled_min_size, divided by 2
-    here so that stage 2 sees smaller objects too), iou_threshold, oversample,
-    max_repeat, cache_dir: stage 2 only."""
+    original 112 px scaled to the image; see proposals.scaled_min_size, divided by 4
+    here so that stage 2 also trains on small and thin objects), iou_threshold,
+    oversample, max_repeat, cache_dir: stage 2 only."""
 
     def __init__(self, dataset: VOCSegmentation, input_size: int, stage: int = 1, *,
                  enlarge: float = 1.2, mirror: bool = True, seed: int | None = None,
@@ -117,8 +117,7 @@ class InstanceCrops(torch.utils.data.Dataset):
         key = {"v": _CACHE_VERSION, "method": method, "max": max_proposals,
                "min_size": min_size, "iou": iou_threshold, "seed": self.proposal_seed,
                "root": str(getattr(self.dataset, "root", "")),
-               "names": hashlib.sha1("\n".join(getattr(self.dataset, "names", [])).encode()
-                                     ).hexdigest()}
+               "files": self._files_fingerprint()}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"stage2_{method}_{digest}.npy" if cache_dir else None
         if cache is not None and cache.is_file():
@@ -139,7 +138,7 @@ class InstanceCrops(torch.utils.data.Dataset):
                 continue
             gt = np.asarray([box for _, box, _ in records], np.int64)
             if method == "selective_search":
-                size = (scaled_min_size(label.shape) // 2 if min_size is None
+                size = (max(1, scaled_min_size(label.shape) // 4) if min_size is None
                         else int(min_size))
                 boxes = propose(sample.image, max_proposals, size)
             else:
@@ -161,9 +160,22 @@ class InstanceCrops(torch.utils.data.Dataset):
             tmp.replace(cache)  # atomic: a killed run leaves no half-written cache
         return items
 
+    def _files_fingerprint(self) -> str:
+        """Hash of the split's ids and their files' sizes and mtimes: a regenerated
+        dataset in the same folder does not reuse a stale proposal cache."""
+        digest = hashlib.sha1()
+        paths = getattr(self.dataset, "_paths", None)
+        for name in getattr(self.dataset, "names", []):
+            digest.update(name.encode())
+            for path in (paths(name) if paths else ()):
+                st = path.stat()
+                digest.update(f":{st.st_size}:{st.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
     def _jittered_boxes(self, gt: np.ndarray, shape, index: int, count: int) -> np.ndarray:
-        """Cheap stand-in for proposals: up to 10 copies of each GT box, shifted by up to 20% and rescaled
-        0.8-1.25x per side, clipped to the image; seeded by (seed, image index)."""
+        """Cheap stand-in for proposals: up to 10 copies of each GT box, shifted by up
+        to 20% and rescaled 0.8-1.25x per side, clipped to the image; seeded by (seed,
+        image index)."""
         rng = np.random.default_rng([self.proposal_seed, 2, index])
         height, width = shape
         per = max(1, min(JITTER_PER_INSTANCE, count // max(1, len(gt))))

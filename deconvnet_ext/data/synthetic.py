@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..errors import UserError
 from .palette import IGNORE_INDEX, VOC_CLASSES, write_palette_png
-from .synthetic_shapes import CLASS_SPECS, NUM_CLASSES, SCENES, draw_object
+from .synthetic_shapes import CLASS_SPECS, NUM_CLASSES, draw_object
 
 DEFAULT_IMAGE_SIZE = (120, 160)  # (height, width)
 DEFAULT_NUM_TRAIN = 200
@@ -32,7 +32,6 @@ DEFAULT_SEED = 0
 META_FILE = "synthetic_voc.json"
 FORMAT_VERSION = 1
 MIN_FRAGMENT_PIXELS = 12
-_SCENE_PROBS = (0.3, 0.3, 0.15, 0.25)
 _SPLIT_CODES = {"train": 0, "val": 1}
 
 
@@ -109,22 +108,49 @@ def _draw_clutter(rng, image: np.ndarray, scene: str, horizon: int) -> None:
             cv2.ellipse(image, (x, y), (size, max(1, size // 2)), 0, 180, 360, colour, -1)
 
 
-def _place_objects(rng, scene: str, height: int, width: int, horizon: int):
+def _choose_scene(rng, lead: int | None) -> tuple[str, int, bool]:
+    """(scene, lead class, lead flies). The lead object's class comes first (given, or
+    drawn about uniformly over the 20 classes), then a scene it belongs in."""
+    if lead is None:
+        weights = np.array([CLASS_SPECS[c].weight for c in range(1, NUM_CLASSES)])
+        lead = int(rng.choice(np.arange(1, NUM_CLASSES), p=weights / weights.sum()))
+    spec = CLASS_SPECS[lead]
+    flies = spec.in_sky and (not spec.scenes or rng.random() < 0.5)
+    if flies:
+        scene = ("grass", "road", "water")[int(rng.integers(3))]
+    else:
+        scene = spec.scenes[int(rng.integers(len(spec.scenes)))]
+    return scene, lead, flies
+
+
+def _object_height(rng, min_h: float, max_h: float) -> float:
+    """Log-uniform heights: 30% small (min_h .. 25% of max), the rest larger."""
+    split = max(min_h + 1, 0.25 * max_h)
+    lo, hi = (min_h, split) if rng.random() < 0.3 else (split, max(split + 1, max_h))
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _place_objects(rng, scene: str, lead: int, lead_flies: bool, height: int,
+                   width: int, horizon: int):
     """[(class_id, x0, y0, h, w)], in drawing order (far to near)."""
     ground = [c for c in range(1, NUM_CLASSES) if scene in CLASS_SPECS[c].scenes]
     weights = np.array([CLASS_SPECS[c].weight for c in ground])
     sky = [c for c in range(1, NUM_CLASSES) if CLASS_SPECS[c].in_sky]
     count = int(rng.choice([1, 2, 3, 4, 5], p=[0.2, 0.3, 0.25, 0.15, 0.1]))
-    min_h = max(8.0, 0.06 * height)
+    min_h = max(6.0, 0.06 * height)
     placed = []
     for k in range(count):
-        flying = scene != "indoor" and (k == 0 and rng.random() < 0.3)
-        cls = int(rng.choice(sky) if flying else rng.choice(ground, p=weights / weights.sum()))
+        if k == 0:
+            cls, flying = lead, lead_flies
+        else:
+            flying = scene != "indoor" and rng.random() < 0.15
+            cls = int(rng.choice(sky) if flying
+                      else rng.choice(ground, p=weights / weights.sum()))
         spec = CLASS_SPECS[cls]
         max_h = spec.max_height * height
         if flying:
             max_h = min(max_h, 0.9 * horizon)
-        h = float(np.exp(rng.uniform(np.log(min_h), np.log(max(min_h + 1, max_h)))))
+        h = _object_height(rng, min_h, max_h)
         w = h * spec.aspect * rng.uniform(0.85, 1.15)
         if w > 0.95 * width:  # keep very wide classes inside the frame width
             h, w = h * 0.95 * width / w, 0.95 * width
@@ -159,9 +185,11 @@ def _paste(canvas: np.ndarray, patch: np.ndarray, mask: np.ndarray, x0: int, y0:
     return full
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int, band: int):
-    """One synthetic image: (image uint8 (H,W,3), label uint8 (H,W), instances uint8)."""
-    scene = SCENES[int(rng.choice(len(SCENES), p=_SCENE_PROBS))]
+def render_scene(rng: np.random.Generator, height: int, width: int, band: int,
+                 lead: int | None = None):
+    """One synthetic image: (image uint8 (H,W,3), label uint8 (H,W), instances uint8).
+    lead: class id of the first object (None: drawn at random)."""
+    scene, lead, lead_flies = _choose_scene(rng, lead)
     horizon = int(rng.uniform(0.55, 0.72) * height if scene == "indoor"
                   else rng.uniform(0.3, 0.55) * height)
     image = np.empty((height, width, 3), np.float32)
@@ -173,7 +201,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int, band: int):
     label = np.zeros((height, width), np.uint8)
     owner = np.zeros((height, width), np.int32)  # drawing index + 1 of the visible object
     classes = []
-    for k, (cls, x0, y0, h, w) in enumerate(_place_objects(rng, scene, height, width, horizon)):
+    objects = _place_objects(rng, scene, lead, lead_flies, height, width, horizon)
+    for k, (cls, x0, y0, h, w) in enumerate(objects):
         if y0 + h > horizon and y0 + h <= height:  # a soft shadow at the object's feet
             shadow = np.zeros((height, width), np.uint8)
             cv2.ellipse(shadow, (x0 + w // 2, y0 + h - 1), (max(1, w // 2), max(1, h // 10)),
@@ -255,6 +284,10 @@ def generate_synthetic_voc(out_dir: str | Path, num_train: int = DEFAULT_NUM_TRA
                                  "ImageSets/Segmentation")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
+    if (out / META_FILE).is_file():  # regenerating: drop the previous set's files
+        for key in ("JPEGImages", "SegmentationClass", "SegmentationObject"):
+            for old in dirs[key].glob("synth_*"):
+                old.unlink()
 
     from tqdm import tqdm
 
@@ -262,7 +295,9 @@ def generate_synthetic_voc(out_dir: str | Path, num_train: int = DEFAULT_NUM_TRA
     names: dict[str, list[str]] = {"train": [], "val": []}
     for split, i in tqdm(jobs, desc="synth", unit="img", disable=not progress):
         rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], i])
-        image, label, instances = render_scene(rng, height, width, band)
+        # lead classes cycle through 1..20: every class is in every split of >= 20
+        image, label, instances = render_scene(rng, height, width, band,
+                                               lead=1 + i % (NUM_CLASSES - 1))
         name = f"synth_{split}_{i:06d}"
         Image.fromarray(image).save(dirs["JPEGImages"] / f"{name}.jpg", quality=92,
                                      subsampling=0)  # 4:4:4 keeps thin colour edges

@@ -1,0 +1,237 @@
+"""``deconvnet demo``: the paper's whole system, end to end, in about 15 minutes on 2 CPU
+cores (much less with a GPU).
+
+1. data: the synthetic VOC-format dataset (generated under OUT/data if absent), or a real
+   VOCdevkit/VOC2012 directory with ``--data``;
+2. training: tiny DeconvNet, stage 1 (instance-centred crops) then stage 2 (proposal
+   crops, from stage 1's weights), and tiny FCN-8s on whole images;
+3. instance-wise inference on the validation split (proposals -> batched crops ->
+   aggregation -> softmax), FCN-8s, the ensemble, the dense CRF;
+4. the paper's table (mean IU and per-class IoU of FCN-8s, DeconvNet, DeconvNet+CRF,
+   EDeconvNet, EDeconvNet+CRF), printed and written as OUT/results.md and
+   OUT/results.json, plus OUT/masks/*.png and OUT/overlay_grid.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+# The paper's Table (VOC 2012 test, mean IU), printed beside what the demo measures.
+PAPER_MEAN_IU: Dict[str, float] = {"FCN-8s": 62.2, "DeconvNet": 69.6, "DeconvNet+CRF": 70.5,
+                                   "EDeconvNet": 71.7, "EDeconvNet+CRF": 72.5}
+
+# Defaults sized for ~15 minutes on 2 busy CPU cores; --quick is for smoke tests.
+FULL = dict(num_train=200, num_val=50, stage1_steps=300, stage2_steps=200, fcn_steps=300,
+            val_limit=None, grid_rows=6)
+QUICK = dict(num_train=8, num_val=3, stage1_steps=2, stage2_steps=2, fcn_steps=2,
+             val_limit=3, grid_rows=2)
+DEFAULT_OUT = "deconvnet_demo"
+DECONVNET_BATCH_SIZE = 16   # crops per step
+FCN_BATCH_SIZE = 8          # whole images per step
+FCN_MAX_TRAIN_SIZE = 512
+MASK_VARIANT_ORDER = ("EDeconvNet+CRF", "EDeconvNet", "DeconvNet+CRF", "DeconvNet", "FCN-8s")
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    from .infer import add_inference_arguments
+    parser.add_argument("--data", default=None,
+                        help="a VOC2012-layout directory (e.g. VOCdevkit/VOC2012) to use "
+                             "instead of the synthetic dataset")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help="output directory (default ./%(default)s): data/, checkpoints/, "
+                             "results.md, results.json, masks/, overlay_grid.png")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run in seconds: tiny dataset, a few steps (numbers "
+                             "mean nothing)")
+    parser.add_argument("--steps", type=float, default=1.0,
+                        help="scale every training stage's step count (default 1.0; "
+                             "e.g. 0.5 halves the training time)")
+    parser.add_argument("--stage1-steps", type=int, default=None, help="override stage 1 steps")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="override stage 2 steps")
+    parser.add_argument("--fcn-steps", type=int, default=None, help="override FCN-8s steps")
+    parser.add_argument("--num-train", type=int, default=None,
+                        help="synthetic training images (default 200)")
+    parser.add_argument("--num-val", type=int, default=None,
+                        help="synthetic validation images (default 50)")
+    parser.add_argument("--val-limit", type=int, default=None,
+                        help="evaluate only the first N validation images")
+    parser.add_argument("--arch", default="tiny", choices=("tiny", "vgg16"),
+                        help="network size (default tiny; vgg16 wants a GPU)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    parser.add_argument("--reuse-checkpoints", action="store_true",
+                        help="skip training when OUT/checkpoints already holds the models")
+    parser.add_argument("--no-crf", action="store_true", help="skip the +CRF rows")
+    add_inference_arguments(parser)
+
+
+def _sizes(args: argparse.Namespace) -> dict:
+    sizes = dict(QUICK if args.quick else FULL)
+    for key in ("stage1_steps", "stage2_steps", "fcn_steps"):
+        sizes[key] = max(1, int(round(sizes[key] * args.steps)))
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    for key in ("num_train", "num_val", "val_limit"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    return sizes
+
+
+def _stage(title: str) -> float:
+    print(f"\n== {title}", flush=True)
+    return time.perf_counter()
+
+
+def _synthetic_data(out: Path, sizes: dict, seed: int) -> Path:
+    """The synthetic dataset under OUT/data: reused when it was made with the same
+    settings, (re)generated otherwise."""
+    from .data.synthetic import META_FILE, generate_synthetic_voc
+
+    root = out / "data"
+    meta_path = root / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if (meta.get("num_train"), meta.get("num_val"), meta.get("seed")) == \
+                (sizes["num_train"], sizes["num_val"], seed):
+            print(f"reusing the synthetic dataset in {root}")
+            return root
+    return generate_synthetic_voc(root, num_train=sizes["num_train"], num_val=sizes["num_val"],
+                                  seed=seed)
+
+
+def _loss_summary(losses) -> dict:
+    """First and last losses, each a mean over up to 10 steps (single steps are noisy)."""
+    if not losses:
+        return {"first": None, "last": None}
+    k = max(1, min(10, len(losses) // 4))
+    return {"first": sum(losses[:k]) / k, "last": sum(losses[-k:]) / k}
+
+
+def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage2_steps: int,
+                      fcn_steps: int, device: torch.device, seed: int, reuse: bool = False,
+                      progress: bool = True):
+    """Train DeconvNet (stage 1, stage 2) and FCN-8s on ``root``'s train split with the
+    trainer's defaults (SGD 0.01, momentum 0.9, wd 0.0005, step decay); checkpoints go
+    to ``out``. Returns (deconvnet, fcn8s, info) with the models in eval mode."""
+    from .infer import load_models
+    from .train import TrainConfig, train_deconvnet, train_fcn
+
+    deconv_path, fcn_path = out / "deconvnet.pt", out / "fcn8s.pt"
+    if reuse and deconv_path.is_file() and fcn_path.is_file():
+        print(f"reusing {deconv_path} and {fcn_path}")
+        deconvnet, fcn = load_models(str(deconv_path), str(fcn_path), device)
+        return deconvnet, fcn, {"reused": True}
+    config = TrainConfig(seed=seed, device=str(device), progress=progress,
+                         checkpoint_every=0, batch_size=DECONVNET_BATCH_SIZE)
+    info = {}
+    summary = train_deconvnet(root, out, arch=arch, stage1_steps=stage1_steps,
+                              stage2_steps=stage2_steps, config=config)
+    # FCN-8s trains on whole images at the size it will see at inference (the longer
+    # side of the data's images, capped for CPU memory), so train and test scales agree.
+    from .data.voc import VOCSegmentation
+    from .train import WholeImages
+    train_split = VOCSegmentation(root, "train")
+    fcn_size = min(FCN_MAX_TRAIN_SIZE, max(train_split[0].image.shape[:2]))
+    fcn_summary = train_fcn(WholeImages(train_split, fcn_size), out, arch=arch,
+                            steps=fcn_steps, config=dataclasses.replace(
+                                config, batch_size=FCN_BATCH_SIZE))
+    for name, result in zip(("deconvnet_stage1", "deconvnet_stage2", "fcn8s"),
+                            summary.stages + fcn_summary.stages):
+        losses = _loss_summary(result.losses)
+        info[name] = {"steps": result.steps, "seconds": round(result.seconds, 1),
+                      "loss_first": losses["first"], "loss_last": losses["last"]}
+        print(f"{name}: {result.steps} steps in {result.seconds:.0f} s, loss "
+              f"{losses['first']:.3f} -> {losses['last']:.3f}")
+    deconvnet, fcn = load_models(str(summary.path), str(fcn_summary.path), device)
+    return deconvnet, fcn, info
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    """The demo's work; returns the results dict also written to results.json."""
+    from .data.voc import VOCSegmentation
+    from .errors import UserError
+    from .evaluate import evaluate_dataset, markdown_table, write_results
+    from .infer import default_device, inference_config_from_args
+    from .visualize import save_mask_png, save_overlay_grid
+
+    wall_start = time.perf_counter()
+    sizes = _sizes(args)
+    config = inference_config_from_args(args)
+    device = torch.device(args.device) if args.device else default_device()
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    timings: Dict[str, float] = {}
+    print(f"deconvnet demo: device {device}, {torch.get_num_threads()} CPU threads, "
+          f"arch {args.arch}, output in {out}/" + (" (quick mode)" if args.quick else ""))
+
+    t = _stage("1/4 data")
+    if args.data:
+        root = Path(args.data)
+        VOCSegmentation(root, "train"), VOCSegmentation(root, "val")  # layout check, early
+    else:
+        root = _synthetic_data(out, sizes, args.seed)
+    timings["data_s"] = time.perf_counter() - t
+
+    t = _stage("2/4 training (DeconvNet stage 1, stage 2; FCN-8s)")
+    deconvnet, fcn, train_info = train_demo_models(
+        root, out / "checkpoints", arch=args.arch, stage1_steps=sizes["stage1_steps"],
+        stage2_steps=sizes["stage2_steps"], fcn_steps=sizes["fcn_steps"], device=device,
+        seed=args.seed, reuse=args.reuse_checkpoints)
+    timings["train_s"] = time.perf_counter() - t
+
+    t = _stage("3/4 instance-wise inference and evaluation on the validation split")
+    val = VOCSegmentation(root, "val")
+    mask_dir = out / "masks"
+    mask_dir.mkdir(exist_ok=True)
+
+    def save_masks(sample, predictions) -> None:
+        for variant in MASK_VARIANT_ORDER:
+            if variant in predictions:
+                save_mask_png(mask_dir / f"{sample.name}.png", predictions[variant])
+                return
+
+    result = evaluate_dataset(val, deconvnet, fcn, config, use_crf=not args.no_crf,
+                              limit=sizes["val_limit"], keep_examples=sizes["grid_rows"],
+                              on_prediction=save_masks)
+    timings["inference_s"] = result.seconds
+    timings["inference_s_per_image"] = result.seconds / max(1, result.num_images)
+
+    _stage("4/4 results")
+    save_overlay_grid(out / "overlay_grid.png", result.examples)
+    timings["total_s"] = time.perf_counter() - wall_start
+    extra = {
+        "dataset": str(root), "synthetic": not args.data, "arch": args.arch,
+        "device": str(device), "cpu_threads": torch.get_num_threads(),
+        "machine": platform.platform(), "torch": torch.__version__,
+        "sizes": sizes, "training": train_info, "timings": timings,
+        "paper_mean_iu": PAPER_MEAN_IU, "config": _config_dict(config),
+    }
+    write_results(out, result, extra=extra, paper=PAPER_MEAN_IU)
+    print(f"{result.num_images} validation images of {root}; mean IU and per-class IoU "
+          f"in percent (the paper's column is VOC 2012 test, for reference):\n")
+    print(markdown_table(result, PAPER_MEAN_IU))
+    print(f"\nwrote {out / 'results.md'}, {out / 'results.json'}, {mask_dir}/*.png, "
+          f"{out / 'overlay_grid.png'}")
+    print("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()
+                              if k.endswith("_s")))
+    return {**result.as_json(), **extra}
+
+
+def _config_dict(config) -> dict:
+    from dataclasses import asdict
+    return asdict(config)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    run_demo(args)
+    return 0
