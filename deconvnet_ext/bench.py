@@ -142,7 +142,8 @@ def _find(rows: List[Dict[str, Any]], op: str, case: str) -> Optional[Dict[str, 
 
 
 def target_lines(rows: List[Dict[str, Any]]) -> List[str]:
-    """Issue 6's CPU targets, each with the measured ratio and met / missed."""
+    """Issue 6's targets (CUDA ones when a GPU was measured), each with the measured
+    ratio and met / missed."""
     def line(text, row, rival, goal, higher_is_better=True):
         if row is None or (rival or "floor") not in row["times"] or "ours" not in row["times"]:
             return f"| {text} | not measured | — | — |"
@@ -153,17 +154,29 @@ def target_lines(rows: List[Dict[str, Any]]) -> List[str]:
 
     pool = _find(rows, "pool_forward", HEADLINE_POOL)
     unpool = _find(rows, "unpool_forward", HEADLINE_POOL)
-    return [
-        "| target (CPU, float32) | measured (min) | (median) | |",
-        "|---|---:|---:|---|",
-        line("pool forward (16,64,112,112) NCHW >= 10x `F.max_pool2d(return_indices=True)`",
+    cuda = [] if not any(r["device"] == "cuda" for r in rows) else [
+        line("CUDA pool forward (16,64,112,112) float32 >= 1.5x torch",
+             _find(rows, "pool_forward", "cuda" + HEADLINE_POOL[3:]), "torch", 1.5),
+        line("CUDA pool forward at >= 70% of the copy bandwidth (ours / floor <= 1.43)",
+             _find(rows, "pool_forward", "cuda" + HEADLINE_POOL[3:]), None, 1 / 0.7, higher_is_better=False),
+        line("CUDA unpool (16,64,112,112) float32 >= 1.5x torch",
+             _find(rows, "unpool_forward", "cuda" + HEADLINE_POOL[3:]), "torch", 1.5),
+        line("CUDA unpool at >= 70% of the copy bandwidth (ours / floor <= 1.43)",
+             _find(rows, "unpool_forward", "cuda" + HEADLINE_POOL[3:]), None, 1 / 0.7, higher_is_better=False),
+        line("CUDA aggregation >= 20x the loop",
+             _find(rows, "aggregate_proposals", "cuda" + HEADLINE_AGG[3:]), "reference", 20),
+        line("CUDA vgg16 DeconvNet train step not slower than with torch pooling",
+             _find(rows, "train_step", "cuda-vgg16-b16"), "torch", 1),
+    ]
+    return ["| target | measured (min) | (median) | |", "|---|---:|---:|---|"] + cuda + [
+        line("CPU pool forward (16,64,112,112) float32 NCHW >= 10x `F.max_pool2d(return_indices=True)`",
              pool, "torch", 10),
         line("... and faster than `torch.compile` of that call", pool, "torch_compile", 1),
         line("... and <= 1.5x the memory floor (ours / floor)", pool, None, 1.5, higher_is_better=False),
-        line("pool forward channels_last at least as fast as torch's channels_last path",
+        line("CPU pool forward channels_last at least as fast as torch's channels_last path",
              _find(rows, "pool_forward", HEADLINE_POOL_CL), "torch", 1),
-        line("unpool (16,64,112,112) NCHW >= 2x `F.max_unpool2d`", unpool, "torch", 2),
-        line("aggregation K=50 C=21 224² -> 375x500 >= 3x the interpolate + max loop",
+        line("CPU unpool (16,64,112,112) NCHW >= 2x `F.max_unpool2d`", unpool, "torch", 2),
+        line("CPU aggregation K=50 C=21 224² -> 375x500 >= 3x the interpolate + max loop",
              _find(rows, "aggregate_proposals", HEADLINE_AGG), "reference", 3),
         line("tiny DeconvNet train step not slower than with torch pooling (torch / ext)",
              _find(rows, "train_step", "cpu-tiny-b8"), "torch", 1),
@@ -252,6 +265,15 @@ def memory_lines(data: Dict[str, Any]) -> List[str]:
                        f"{_mib(r['torch_peak_step_bytes'])} | "
                        f"{_mib(r['torch_peak_step_bytes'] - r['ext_peak_step_bytes'])} | "
                        f"{_mib(r['index_saving_bytes'])} |")
+        out.append("")
+    shares = records(data, "pool_share")
+    if shares:
+        out += ["Share of one training step's time spent pooling and unpooling (forward and backward; "
+                "torch.profiler self times: CPU ops on CPU, kernels on CUDA).", "",
+                "| case | ext: pool+unpool / step | torch: pool+unpool / step |", "|---|---:|---:|"]
+        for r in shares:
+            out.append(f"| {r['case']} | {100 * r['ext_pool_share']:.1f}% ({r['ext_pool_us'] / 1e3:.1f} ms) | "
+                       f"{100 * r['torch_pool_share']:.1f}% ({r['torch_pool_us'] / 1e3:.1f} ms) |")
         out.append("")
     for r in records(data, "vgg16_saved_bytes"):
         ext, tch = r["ext_saved_for_backward_bytes"], r["torch_saved_for_backward_bytes"]
