@@ -13,10 +13,7 @@ only ever add time, so the min is the least disturbed estimate of what the code 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -397,8 +394,10 @@ def run_cli(args: argparse.Namespace) -> int:
         code = run_suite(bench_dir, json_path, preset, args.keyword, args.max_time, args.min_rounds)
         if not json_path.is_file():
             raise UserError(f"the benchmark run wrote no results (pytest exit code {code})")
-        shutil.copyfile(json_path, out.with_name("results.json"))
         data = load_json(json_path)
+    for bench in data.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)   # per-round samples: megabytes, unused
+    out.with_name("results.json").write_text(json.dumps(data, separators=(",", ":")))
     write_report(data, out, None if args.no_chart else out.with_name("results.png"), note=args.note,
                  wall_seconds=time.perf_counter() - start, preset=preset)
     print(f"wrote {out}" + ("" if args.no_chart else f" and {out.with_name('results.png')}"))
