@@ -28,7 +28,11 @@ def test_train_step(benchmark, train_case, contender):
     expected = first_step_loss(train_case)
 
     def check(loss):
-        torch.testing.assert_close(loss, expected)
+        if train_case.device == "cuda":
+            # Two models may get different cuDNN (TF32) convolution algorithms.
+            torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+        else:
+            torch.testing.assert_close(loss, expected)
 
     harness.run_benchmark(benchmark, op="train_step", case_id=train_case.id, contender=contender,
                           device=train_case.device, fn=train_step(model, images, labels),
