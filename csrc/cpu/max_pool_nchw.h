@@ -1,7 +1,8 @@
 // NCHW loops of the CPU max pool with switches (included by
-// max_pool_with_switches.cpp only): rows of output, general geometry with the
-// interior windows in vectorized blocks, and DeconvNet's 2x2/stride 2 float32
-// case in AVX2 intrinsics. Element logic from csrc/common/.
+// max_pool_with_switches.cpp only): rows of output; windows clipped by the
+// border one at a time, interior windows in blocks (AVX2 intrinsics for
+// float32, a plain blocked loop otherwise); DeconvNet's 2x2/stride 2 float32
+// case in its own AVX2 loop. Element logic from csrc/common/.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -99,9 +100,9 @@ inline DECONVNET_EXT_TARGET_AVX2 int64_t pool2x2_row_avx2(const float* r0, const
 #endif
 
 // ---- NCHW, any geometry, blocks of kRowBlock interior outputs (windows wholly
-// inside the input along W): the block's running max and tap live in small
-// arrays and the loop over the block is vectorized by the compiler (input
-// strides 1 and 2 are compile-time constants; others become gathers).
+// inside the input along W), for the dtypes and CPUs without the AVX2 block:
+// the block's running max and tap live in small arrays, and input strides 1
+// and 2 are compile-time constants, which helps the compiler.
 constexpr int64_t kRowBlock = 16;
 
 template <typename scalar_t, int64_t kStride>
