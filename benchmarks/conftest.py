@@ -12,6 +12,14 @@ import torch
 import harness
 
 
+_LOAD_AT_START = None
+
+
+def pytest_sessionstart(session) -> None:
+    global _LOAD_AT_START
+    _LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("deconvnet_ext benchmarks")
     group.addoption("--bench-shapes", choices=harness.SHAPE_SETS, default="full",
@@ -68,7 +76,7 @@ def machine_summary() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "cuda_device": torch.cuda.get_device_name(0) if harness.HAS_CUDA else None,
-        "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "loadavg_at_start": _LOAD_AT_START,
     }
     try:
         import deconvnet_ext

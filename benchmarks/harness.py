@@ -9,6 +9,9 @@ Every benchmark times one *contender* on one *case*; the pytest-benchmark group
                    compile kept out of the timing
     reference      deconvnet_ext.reference, the pure-PyTorch twin
     floor          a uint8 copy moving as many bytes as the op must read + write
+                   (torch's copy_, on all threads)
+    floor_memcpy   the same copy by numpy's single-threaded memcpy (CPU only); the
+                   report's floor is the faster of the two
 
 Each benchmark first checks its contender's result against the reference (so the
 suite never times a wrong answer), then times it. It records in benchmark.extra_info
@@ -33,7 +36,8 @@ SMALL_SHAPE = (2, 16, 32, 32)
 KERNEL, STRIDE = 2, 2                 # DeconvNet's pooling
 
 SHAPE_SETS = ("quick", "full")
-CONTENDERS = ("ours", "torch", "torch_compile", "reference", "floor")
+CONTENDERS = ("ours", "torch", "torch_compile", "reference", "floor", "floor_memcpy")
+FLOORS = ("floor", "floor_memcpy")
 
 # Measurements that are not timings: {"kind": ..., ...} dicts, written into the JSON.
 RECORDS: list = []
@@ -201,11 +205,21 @@ def _floor_buffers(nbytes: int, device: str):
     return src, dst
 
 
-def floor_function(bytes_moved: int, device: str) -> Callable:
+def floor_function(bytes_moved: int, device: str, kind: str = "floor") -> Callable:
     """A copy of bytes_moved / 2 bytes: it reads and writes bytes_moved bytes in
-    all, the traffic the op itself cannot avoid (read inputs, write outputs)."""
+    all, the traffic the op itself cannot avoid (read inputs, write outputs).
+    kind "floor": torch's copy_ (all threads; on CUDA a device-to-device copy);
+    "floor_memcpy": numpy's copyto, glibc's memcpy on one thread (CPU only)."""
+    if kind not in FLOORS:
+        raise ValueError(f"kind must be one of {FLOORS}, got {kind!r}")
     src, dst = _floor_buffers(max(1, bytes_moved // 2), device)
-    return lambda: dst.copy_(src)
+    if kind == "floor":
+        return lambda: dst.copy_(src)
+    if not device.startswith("cpu"):
+        pytest.skip("floor_memcpy is the CPU's memcpy; on CUDA the floor is torch's device copy")
+    import numpy as np
+    src_np, dst_np = src.numpy(), dst.numpy()
+    return lambda: np.copyto(dst_np, src_np)
 
 
 # --------------------------------------------------------------------------- run

@@ -17,7 +17,7 @@ from deconvnet_ext import reference
 
 import harness
 
-CONTENDERS = ("ours", "reference", "floor")
+CONTENDERS = ("ours", "reference", "floor", "floor_memcpy")
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ def test_aggregate_proposals(benchmark, agg_case, contender):
         # Bilinear weights computed in another order may round differently.
         torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
 
-    if contender == "floor":
-        fn, check = harness.floor_function(bytes_moved, agg_case.device), None
+    if contender in harness.FLOORS:
+        fn, check = harness.floor_function(bytes_moved, agg_case.device, contender), None
     elif contender == "ours":
         fn = lambda: dx.aggregate_proposals(maps, boxes, image_size=agg_case.image_size, mode="max")
     else:

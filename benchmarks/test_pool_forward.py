@@ -1,7 +1,6 @@
 """Pool forward: dx.max_pool2d_with_switches (uint8 switches) against
 F.max_pool2d(return_indices=True) (int64 indices), its torch.compile, the reference
 and the memory floor (read the input, write the output and the switches)."""
-import torch
 import torch.nn.functional as F
 
 import deconvnet_ext as dx
@@ -38,20 +37,19 @@ def test_pool_forward(benchmark, pool_case, contender):
     data = harness.pool_data(pool_case)
     x = data.x
     sizes = pool_case.nbytes()
-    fns = {
-        "ours": (lambda: dx.max_pool2d_with_switches(x, KERNEL, STRIDE), check_switches(data, pool_case)),
-        "torch": (lambda: torch_pool(x), check_indices(data)),
-        "torch_compile": (lambda: compiled_pool(x), check_indices(data)),
-        "reference": (lambda: reference.max_pool2d_with_switches(x, KERNEL, STRIDE),
-                      check_switches(data, pool_case)),
-    }
     bytes_moved = sizes["input"] + sizes["output"] + sizes["switches"]
-    if contender == "floor":
-        fn, check = harness.floor_function(bytes_moved, pool_case.device), None
+    if contender in harness.FLOORS:
+        fn, check = harness.floor_function(bytes_moved, pool_case.device, contender), None
+    elif contender == "ours":
+        fn, check = lambda: dx.max_pool2d_with_switches(x, KERNEL, STRIDE), check_switches(data, pool_case)
+    elif contender == "torch":
+        fn, check = lambda: torch_pool(x), check_indices(data)
+    elif contender == "torch_compile":
+        compiled_pool = harness.compiled(torch_pool, pool_case.id, benchmark.disabled)
+        fn, check = lambda: compiled_pool(x), check_indices(data)
     else:
-        if contender == "torch_compile":
-            compiled_pool = harness.compiled(torch_pool, pool_case.id, benchmark.disabled)
-        fn, check = fns[contender]
+        fn = lambda: reference.max_pool2d_with_switches(x, KERNEL, STRIDE)
+        check = check_switches(data, pool_case)
     harness.run_benchmark(benchmark, op="pool_forward", case_id=pool_case.id, contender=contender,
                           device=pool_case.device, fn=fn, check=check, bytes_moved=bytes_moved,
                           switch_bytes=sizes["switches"], index_bytes=sizes["indices"])

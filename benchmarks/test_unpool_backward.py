@@ -45,8 +45,8 @@ def test_unpool_backward(benchmark, pool_case, contender):
     def check(result):
         harness.assert_equal(result, expected, "pooled values gradient")
 
-    if contender == "floor":
-        fn, check = harness.floor_function(bytes_moved, pool_case.device), None
+    if contender in harness.FLOORS:
+        fn, check = harness.floor_function(bytes_moved, pool_case.device, contender), None
     elif contender == "ours":
         y = dx.max_unpool2d_with_switches(values, data.switches, KERNEL, STRIDE, output_size=size)
         fn = backward_only(y, values, grad_y)

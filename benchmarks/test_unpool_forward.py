@@ -25,8 +25,8 @@ def test_unpool_forward(benchmark, pool_case, contender):
     def check(result):
         harness.assert_equal(result, expected, "unpooled map")
 
-    if contender == "floor":
-        fn, check = harness.floor_function(bytes_moved, pool_case.device), None
+    if contender in harness.FLOORS:
+        fn, check = harness.floor_function(bytes_moved, pool_case.device, contender), None
     elif contender == "ours":
         fn = lambda: dx.max_unpool2d_with_switches(out, switches, KERNEL, STRIDE, output_size=size)
     elif contender == "torch":

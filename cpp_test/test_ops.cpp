@@ -113,6 +113,8 @@ void test_pool() {
   auto [out, switches] = pool(x, c);
   check(at::equal(out, at::max_pool2d(x, c.kernel, c.stride, c.padding, c.dilation, c.ceil_mode)),
         "pool channels_last: out equals at::max_pool2d");
+  check(out.is_contiguous(at::MemoryFormat::ChannelsLast),
+        "pool channels_last: out keeps the input's memory format");
   // NaN is the max of its window
   at::Tensor y = at::randn({1, 1, 4, 4});
   y.index_put_({0, 0, 1, 0}, std::nan(""));

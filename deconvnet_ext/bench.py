@@ -13,10 +13,7 @@ only ever add time, so the min is the least disturbed estimate of what the code 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -102,15 +99,19 @@ def group_rows(data: Dict[str, Any]) -> List[Dict[str, Any]]:
         row["medians"][info["contender"]] = bench["stats"]["median"]
     rows = list(groups.values())
     for row in rows:
-        t = row["times"]
-        ours = t.get("ours")
-        if row["op"] == "aggregate_proposals" and "reference" in t:
-            t.setdefault("torch", t["reference"])   # plain PyTorch *is* the reference loop
-        row["ratios"] = {name: (t[name] / ours if ours and name in t else None)
-                         for name, _ in RIVALS}
-        row["floor_ratio"] = ours / t["floor"] if ours and t.get("floor") else None
+        for times, ratios, floor in ((row["times"], "ratios", "floor_ratio"),
+                                     (row["medians"], "median_ratios", "median_floor_ratio")):
+            ours = times.get("ours")
+            if row["op"] == "aggregate_proposals" and "reference" in times:
+                times.setdefault("torch", times["reference"])   # plain PyTorch *is* the reference loop
+            row[ratios] = {name: (times[name] / ours if ours and name in times else None)
+                           for name, _ in RIVALS}
+            floors = [times[k] for k in ("floor", "floor_memcpy") if times.get(k)]
+            row[floor] = ours / min(floors) if ours and floors else None
+    # By op, then in the order the suite ran the cases (NCHW before channels_last,
+    # the shape list's order).
     order = list(OP_TITLES)
-    rows.sort(key=lambda r: (order.index(r["op"]) if r["op"] in order else len(order), r["case"]))
+    rows.sort(key=lambda r: order.index(r["op"]) if r["op"] in order else len(order))
     return rows
 
 
@@ -138,32 +139,44 @@ def _find(rows: List[Dict[str, Any]], op: str, case: str) -> Optional[Dict[str, 
 
 
 def target_lines(rows: List[Dict[str, Any]]) -> List[str]:
-    """Issue 6's CPU targets, each with the measured ratio and met / missed."""
-    def line(text, value, goal, higher_is_better=True, fmt=_x):
-        if value is None:
-            return f"| {text} | not measured | — |"
+    """Issue 6's targets (CUDA ones when a GPU was measured), each with the measured
+    ratio and met / missed."""
+    def line(text, row, rival, goal, higher_is_better=True):
+        if row is None or (rival or "floor") not in row["times"] or "ours" not in row["times"]:
+            return f"| {text} | not measured | — | — |"
+        value = row["ratios"][rival] if rival else row["floor_ratio"]
+        median = row["median_ratios"][rival] if rival else row["median_floor_ratio"]
         ok = value >= goal if higher_is_better else value <= goal
-        return f"| {text} | {fmt(value)} | {'met' if ok else 'MISSED'} |"
+        return f"| {text} | {_x(value)} | {_x(median)} | {'met' if ok else 'MISSED'} |"
 
-    pool = _find(rows, "pool_forward", HEADLINE_POOL) or {"ratios": {}, "floor_ratio": None}
-    pool_cl = _find(rows, "pool_forward", HEADLINE_POOL_CL) or {"ratios": {}}
-    unpool = _find(rows, "unpool_forward", HEADLINE_POOL) or {"ratios": {}}
-    agg = _find(rows, "aggregate_proposals", HEADLINE_AGG) or {"ratios": {}}
-    train = _find(rows, "train_step", "cpu-tiny-b8") or {"ratios": {}}
-    return [
-        "| target (CPU, float32) | measured | |",
-        "|---|---|---|",
-        line("pool forward (16,64,112,112) NCHW >= 10x `F.max_pool2d(return_indices=True)`",
-             pool["ratios"].get("torch"), 10),
-        line("... and faster than `torch.compile` of that call", pool["ratios"].get("torch_compile"), 1),
-        line("... and <= 1.5x the memory floor (ours / floor)", pool.get("floor_ratio"), 1.5,
-             higher_is_better=False),
-        line("pool forward channels_last >= torch's channels_last path", pool_cl["ratios"].get("torch"), 1),
-        line("unpool (16,64,112,112) NCHW >= 2x `F.max_unpool2d`", unpool["ratios"].get("torch"), 2),
-        line("aggregation K=50 C=21 224² -> 375x500 >= 3x the interpolate + max loop",
-             agg["ratios"].get("reference"), 3),
+    pool = _find(rows, "pool_forward", HEADLINE_POOL)
+    unpool = _find(rows, "unpool_forward", HEADLINE_POOL)
+    cuda = [] if not any(r["device"] == "cuda" for r in rows) else [
+        line("CUDA pool forward (16,64,112,112) float32 >= 1.5x torch",
+             _find(rows, "pool_forward", "cuda" + HEADLINE_POOL[3:]), "torch", 1.5),
+        line("CUDA pool forward at >= 70% of the copy bandwidth (ours / floor <= 1.43)",
+             _find(rows, "pool_forward", "cuda" + HEADLINE_POOL[3:]), None, 1 / 0.7, higher_is_better=False),
+        line("CUDA unpool (16,64,112,112) float32 >= 1.5x torch",
+             _find(rows, "unpool_forward", "cuda" + HEADLINE_POOL[3:]), "torch", 1.5),
+        line("CUDA unpool at >= 70% of the copy bandwidth (ours / floor <= 1.43)",
+             _find(rows, "unpool_forward", "cuda" + HEADLINE_POOL[3:]), None, 1 / 0.7, higher_is_better=False),
+        line("CUDA aggregation >= 20x the loop",
+             _find(rows, "aggregate_proposals", "cuda" + HEADLINE_AGG[3:]), "reference", 20),
+        line("CUDA vgg16 DeconvNet train step not slower than with torch pooling",
+             _find(rows, "train_step", "cuda-vgg16-b16"), "torch", 1),
+    ]
+    return ["| target | measured (min) | (median) | |", "|---|---:|---:|---|"] + cuda + [
+        line("CPU pool forward (16,64,112,112) float32 NCHW >= 10x `F.max_pool2d(return_indices=True)`",
+             pool, "torch", 10),
+        line("... and faster than `torch.compile` of that call", pool, "torch_compile", 1),
+        line("... and <= 1.5x the memory floor (ours / floor)", pool, None, 1.5, higher_is_better=False),
+        line("CPU pool forward channels_last at least as fast as torch's channels_last path",
+             _find(rows, "pool_forward", HEADLINE_POOL_CL), "torch", 1),
+        line("CPU unpool (16,64,112,112) NCHW >= 2x `F.max_unpool2d`", unpool, "torch", 2),
+        line("CPU aggregation K=50 C=21 224² -> 375x500 >= 3x the interpolate + max loop",
+             _find(rows, "aggregate_proposals", HEADLINE_AGG), "reference", 3),
         line("tiny DeconvNet train step not slower than with torch pooling (torch / ext)",
-             train["ratios"].get("torch"), 1),
+             _find(rows, "train_step", "cpu-tiny-b8"), "torch", 1),
     ]
 
 
@@ -180,7 +193,9 @@ def machine_lines(data: Dict[str, Any], note: str) -> List[str]:
         f"- Device: {info.get('cuda_device') or 'CPU only (no CUDA device: CUDA cases skipped)'}",
         f"- torch {info.get('torch_version', '?')}, deconvnet_ext "
         f"{build.get('version', '?') if isinstance(build, dict) else '?'}",
-        f"- Load average (1, 5, 15 min) at start {_load(info.get('loadavg'))}, at end {_load(load_end)}",
+        f"- Load average (1, 5, 15 min) at start {_load(info.get('loadavg_at_start'))}, "
+        f"at end {_load(load_end)} (the number of runnable processes; above the CPU count, "
+        "other work was competing for the cores and absolute times are inflated)",
         f"- Shapes: {data.get('deconvnet_ext', {}).get('shape_set', '?')} set",
     ]
     if note:
@@ -203,7 +218,7 @@ def ratio_table(rows: List[Dict[str, Any]]) -> List[str]:
 
 
 def times_table(rows: List[Dict[str, Any]]) -> List[str]:
-    names = ("ours", "torch", "torch_compile", "reference", "floor")
+    names = ("ours", "torch", "torch_compile", "reference", "floor", "floor_memcpy")
     out = ["| op | case | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
     for r in rows:
         cells = []
@@ -235,10 +250,10 @@ def memory_lines(data: Dict[str, Any]) -> List[str]:
         out.append("")
     steps = records(data, "train_step_memory")
     if steps:
-        out += ["DeconvNet training step (after one warm-up step, so optimizer state exists in both): "
-                "bytes autograd saves for backward, and the step's peak allocation above what was live "
-                "before it (CPU: from torch.profiler's allocation events; CUDA: "
-                "`torch.cuda.max_memory_allocated`).", "",
+        out += ["One DeconvNet training step (same weights, same batch): the bytes autograd saves "
+                "for backward, and the step's peak allocation above what was live before it (CPU: "
+                "from torch.profiler's allocation events, first step; CUDA: "
+                "`torch.cuda.max_memory_allocated`, after a warm-up step).", "",
                 "| case | saved, ext | saved, torch | peak, ext | peak, torch | peak saving | "
                 "switch saving (7 B x pooled outputs) |", "|---|---:|---:|---:|---:|---:|---:|"]
         for r in steps:
@@ -247,6 +262,15 @@ def memory_lines(data: Dict[str, Any]) -> List[str]:
                        f"{_mib(r['torch_peak_step_bytes'])} | "
                        f"{_mib(r['torch_peak_step_bytes'] - r['ext_peak_step_bytes'])} | "
                        f"{_mib(r['index_saving_bytes'])} |")
+        out.append("")
+    shares = records(data, "pool_share")
+    if shares:
+        out += ["Share of one training step's time spent pooling and unpooling (forward and backward; "
+                "torch.profiler self times: CPU ops on CPU, kernels on CUDA).", "",
+                "| case | ext: pool+unpool / step | torch: pool+unpool / step |", "|---|---:|---:|"]
+        for r in shares:
+            out.append(f"| {r['case']} | {100 * r['ext_pool_share']:.1f}% ({r['ext_pool_us'] / 1e3:.1f} ms) | "
+                       f"{100 * r['torch_pool_share']:.1f}% ({r['torch_pool_us'] / 1e3:.1f} ms) |")
         out.append("")
     for r in records(data, "vgg16_saved_bytes"):
         ext, tch = r["ext_saved_for_backward_bytes"], r["torch_saved_for_backward_bytes"]
@@ -276,7 +300,8 @@ def write_report(data: Dict[str, Any], out_path: Path, chart_path: Optional[Path
              "## Ratios", "",
              "`vs X` = X's time / ours (above 1: ours is faster). `ours / floor` = ours / the time of a "
              "plain copy moving the bytes the op must read and write (1 would be memory-bound "
-             "perfection). Each from the fastest round (min). For the aggregation, plain PyTorch is the "
+             "perfection; the floor is the faster of torch's parallel `copy_` and numpy's one-thread "
+             "memcpy). Each from the fastest round (min). For the aggregation, plain PyTorch is the "
              "per-proposal `F.interpolate` + max loop, i.e. reference.py. For the train step, ours = "
              "`pool_impl=\"ext\"`, torch eager = `pool_impl=\"torch\"`.", ""] + ratio_table(rows)
     if chart_path is not None and rows:
@@ -304,6 +329,8 @@ def write_chart(rows: List[Dict[str, Any]], path: Path) -> None:
         ys, xs = [], []
         for i, r in enumerate(rows):
             ours, t = r["times"].get("ours"), r["times"].get(key)
+            if key == "floor" and r["floor_ratio"]:
+                t = ours / r["floor_ratio"]   # the faster of the two floor copies
             if ours and t and not (r["op"] == "aggregate_proposals" and key == "torch"):
                 ys.append(i + (j - (len(names) - 1) / 2) * height)
                 xs.append(t / ours)
@@ -367,8 +394,10 @@ def run_cli(args: argparse.Namespace) -> int:
         code = run_suite(bench_dir, json_path, preset, args.keyword, args.max_time, args.min_rounds)
         if not json_path.is_file():
             raise UserError(f"the benchmark run wrote no results (pytest exit code {code})")
-        shutil.copyfile(json_path, out.with_name("results.json"))
         data = load_json(json_path)
+    for bench in data.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)   # per-round samples: megabytes, unused
+    out.with_name("results.json").write_text(json.dumps(data, separators=(",", ":")))
     write_report(data, out, None if args.no_chart else out.with_name("results.png"), note=args.note,
                  wall_seconds=time.perf_counter() - start, preset=preset)
     print(f"wrote {out}" + ("" if args.no_chart else f" and {out.with_name('results.png')}"))

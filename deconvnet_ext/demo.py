@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -102,6 +103,9 @@ def _synthetic_data(out: Path, sizes: dict, seed: int) -> Path:
                 (sizes["num_train"], sizes["num_val"], seed):
             print(f"reusing the synthetic dataset in {root}")
             return root
+    # The stage-2 proposal cache is keyed by image names, which a new seed keeps: drop it
+    # (the trainer keeps it in OUT/checkpoints/proposal_cache).
+    shutil.rmtree(out / "checkpoints" / "proposal_cache", ignore_errors=True)
     return generate_synthetic_voc(root, num_train=sizes["num_train"], num_val=sizes["num_val"],
                                   seed=seed)
 

@@ -89,8 +89,8 @@ def max_unpool2d_with_switches(x: torch.Tensor, switches: torch.Tensor, kernel_s
         raise ValueError("output_size=(H, W) is required: the pooled size does not fix "
                          "the input size")
     size = [int(v) for v in output_size]
-    if len(size) not in (2, x.dim()):
-        raise ValueError(f"output_size must be (H, W) or have {x.dim()} elements, "
+    if len(size) not in (2, x.dim()) or (len(size) > 2 and size[:-2] != list(x.shape[:-2])):
+        raise ValueError(f"output_size must be (H, W) or {tuple(x.shape[:-2])} + (H, W), "
                          f"got {tuple(size)}")
     k, s, p, d = _params(kernel_size, stride, padding, dilation)
     _check_switches_in_window(switches, k)

@@ -9,6 +9,11 @@ boxes differ from torch's other resize kernel by a few ulp, hence rtol 1e-5 (flo
 """
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -94,6 +99,7 @@ def test_large_boxes_bit_exact_where_torch_uses_fma(mode, device):
     """Boxes with bh + bw > 128 go through torch's generic resize kernel, whose
     rounding the op reproduces exactly (on CPUs where torch runs AVX2/AVX512)."""
     if device == "cpu" and not (dx.build_info()["cpu_avx2_fma"]
+                                and os.environ.get("DECONVNET_EXT_NO_AVX2", "0") in ("", "0")
                                 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
         pytest.skip("torch's DEFAULT kernels round differently from the op's FMA path")
     if device == "cuda":
@@ -106,6 +112,24 @@ def test_large_boxes_bit_exact_where_torch_uses_fma(mode, device):
                          y0 + torch.randint(70, 140, (K,), generator=g)], 1)
     out, ref = run_both(maps, boxes, (H, W), mode, device=device)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_cuda_equals_cpu_bitwise(dtype):
+    """Both kernels call the same bilinear functions (csrc/common/bilinear.h) with fused
+    multiply-adds and reduce in proposal order: the same bits on both devices."""
+    if not dx.build_info()["cpu_avx2_fma"] or os.environ.get("DECONVNET_EXT_NO_AVX2", "0") not in ("", "0"):
+        pytest.skip("the CPU takes its unfused path here")
+    g = torch.Generator().manual_seed(31)
+    K, C, H, W = 12, 3, 70, 90
+    maps = torch.randn(K, C, 20, 24, generator=g).to(dtype)
+    boxes = random_boxes(g, K, H, W, "mixed")
+    index = torch.randint(0, 3, (K,), generator=g)
+    for mode in MODES:
+        cpu = dx.aggregate_proposals(maps, boxes, (H, W), mode, index, 3)
+        cuda = dx.aggregate_proposals(maps.cuda(), boxes.cuda(), (H, W), mode, index.cuda(), 3)
+        assert torch.equal(cuda.cpu(), cpu), mode
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -322,12 +346,11 @@ print("ok")
 """
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="the AVX2 / portable split exists on x86-64 only")
 def test_portable_path_matches_torch_default_kernels():
     """DECONVNET_EXT_NO_AVX2=1 takes the path of CPUs without AVX2/FMA (plain products);
     it equals torch's own DEFAULT-capability resize, bit for bit on large boxes."""
-    import os
-    import subprocess
-    import sys
     env = dict(os.environ, DECONVNET_EXT_NO_AVX2="1", ATEN_CPU_CAPABILITY="default",
                OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", PORTABLE_PATH_CHECK], env=env,

@@ -77,6 +77,7 @@ def test_unpool_bad_tensors(make, exc, pattern):
     ((8, 3), r"output_size.*\(8, 3\)"),
     ((0, 8), r"output_size.*\(0, 8\)"),
     ((8,), r"output_size.*\(8,\)"),
+    ((2, 4, 8, 8), r"output_size.*\(2, 4, 8, 8\)"),
     (None, r"output_size"),
 ])
 def test_unpool_impossible_output_size(output_size, pattern):

@@ -60,6 +60,19 @@ def test_wide_rows_take_the_blocked_path(case, dtype):
     check_against_torch(x, case)
 
 
+@pytest.mark.parametrize("case", [
+    PoolCase((2, 2), (2, 2), (0, 0), (1, 1), True, (7, 9)),
+    PoolCase((3, 3), (2, 1), (1, 1), (1, 2), False, (8, 9)),
+    PoolCase((4, 5), (3, 2), (2, 2), (2, 1), True, (11, 10)),
+], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_channels_last_with_many_channels(case, dtype):
+    # 37 channels: two 16-channel vector steps and a scalar tail per pixel.
+    x = make_input((2, 37, *case.size), dtype, "channels_last", seed=17, ties=True)
+    x[x > 2.5] = float("nan")
+    check_against_torch(x, case)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_ties_take_the_first_in_window_order(dtype):
     for case in sample_cases(8, seed=11):

@@ -28,7 +28,7 @@ def pooled(case: PoolCase, dtype=torch.float64, layout="contiguous", seed=0, bat
     PoolCase((3, 2), (3, 3), (1, 1), (1, 1), False, (11, 10)),
 ], ids=str)
 def test_equals_max_unpool2d_where_windows_do_not_overlap(case, dtype, layout):
-    x, out, sw = pooled(case, dtype, layout, seed=1)
+    x, out, sw = pooled(case, dtype, layout, seed=1, batch=(2, 19))
     v = make_input(out.shape, dtype, layout, seed=2)  # any values, not just the maxima
     k, s, p, d = case.args
     y = dx.max_unpool2d_with_switches(v, sw, k, s, p, d, output_size=case.size)
@@ -107,6 +107,27 @@ def test_switches_outside_the_window_select_nothing_in_the_kernels():
         dx.max_unpool2d_with_switches(out, bad, 2, output_size=(6, 6))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("size", [(16, 38), (9, 37)])
+def test_gather_on_wide_rows_with_bad_switches(layout, size):
+    # 2x2/stride 2 float32 rows of 16+ windows take the AVX2 gather; bad switches
+    # (>= 4) must give 0 there as in the scalar tail and the reference.
+    x = make_input((2, 5, *size), torch.float32, layout, seed=14)
+    x[x > 1.8] = float("nan")
+    out, sw = dx.max_pool2d_with_switches(x, 2)
+    sw = sw.clone()
+    position = torch.arange(sw.numel()).view(sw.shape)
+    sw[position % 7 == 0] = 4
+    sw[position % 11 == 0] = 255
+    u = make_input(x.shape, torch.float32, layout, seed=15)
+    u[u < -1.8] = float("nan")
+    assert_bitwise_equal(ops.gather_at_switches(u, sw, [2, 2], [2, 2], [0, 0], [1, 1]),
+                         reference.gather_at_switches(u, sw, 2, 2))
+    x[x.isnan()] = 0
+    out, sw = dx.max_pool2d_with_switches(x, 2)
+    assert_bitwise_equal(ops.gather_at_switches(x, sw, [2, 2], [2, 2], [0, 0], [1, 1]), out)
+
+
 def test_two_runs_are_bitwise_identical():
     case = PoolCase((3, 3), (1, 2), (1, 1), (1, 1), False, (33, 35))
     _, out, sw = pooled(case, torch.float32, seed=8, batch=(4, 16))
@@ -176,3 +197,18 @@ def test_torch_compile_fullgraph():
     (gx_actual,) = torch.autograd.grad(actual.sum(), x)
     torch.testing.assert_close(actual, expected)
     torch.testing.assert_close(gx_actual, gx_expected)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_inductor_forward_and_backward():
+    def pool_unpool(x):
+        out, sw = dx.max_pool2d_with_switches(x, 2)
+        return dx.max_unpool2d_with_switches(out * 2, sw, 2, output_size=x.shape[-2:])
+
+    x = torch.randn(2, 4, 12, 10, requires_grad=True)
+    actual = torch.compile(pool_unpool, fullgraph=True)(x)
+    (g_actual,) = torch.autograd.grad(actual.sum(), x)
+    expected = pool_unpool(x)
+    (g_expected,) = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    torch.testing.assert_close(g_actual, g_expected, rtol=0, atol=0)

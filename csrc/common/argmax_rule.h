@@ -7,12 +7,23 @@
 
 #include <c10/macros/Macros.h>
 
+#include <cmath>
+
 namespace deconvnet_ext {
 namespace pool {
 
+// The running max starts below every number (-inf); the running tap starts at
+// the window's first in-bounds tap, so an all -inf window reports that tap.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t argmax_initial() {
+  // INFINITY (a float constant, __builtin_inff) works on the host and in nvcc
+  // device code without --expt-relaxed-constexpr.
+  return -static_cast<acc_t>(INFINITY);
+}
+
 template <typename acc_t>
 C10_HOST_DEVICE inline bool argmax_takes(acc_t value, acc_t running_max) {
-  // value != value is isnan without <cmath> on the device; the build never
+  // value != value is isnan for every acc type, on host and device; the build never
   // uses -ffast-math, which would break it.
   return value > running_max || value != value;
 }

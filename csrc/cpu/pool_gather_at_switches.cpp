@@ -10,24 +10,81 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/pool_checks.h"
 #include "common/pool_geometry.h"
+#include "cpu/cpu_features.h"
 #include "cpu/pool_hugepages.h"
+
+#if DECONVNET_EXT_X86_AVX2
+#include <immintrin.h>
+#endif
 
 namespace deconvnet_ext {
 namespace {
 
 using pool::UnpoolShape;
 
+#if DECONVNET_EXT_X86_AVX2
+// Even / odd columns come out of _mm256_shuffle_ps in lane order
+// [0,2,8,10 | 4,6,12,14]; this puts them in order.
+DECONVNET_EXT_TARGET_AVX2 inline __m256 in_order(__m256 v) {
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+}
+
+// All bits of the lanes whose switch equals t.
+DECONVNET_EXT_TARGET_AVX2 inline __m256 switch_is(__m256i s, int t) {
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(s, _mm256_set1_epi32(t)));
+}
+
+// ---- 2x2, stride 2, float32: 8 outputs per step from two rows of self; the
+// four taps of each window, then the one its switch names (0 if none does).
+// Returns outputs done (a multiple of 8); the caller finishes the row.
+DECONVNET_EXT_TARGET_AVX2 int64_t gather2x2_row_avx2(const float* r0, const float* r1,
+                                                     const uint8_t* sw_row, int64_t n,
+                                                     float* out_row) {
+  int64_t ow = 0;
+  for (; ow + 8 <= n; ow += 8) {
+    const __m256 a0 = _mm256_loadu_ps(r0 + 2 * ow), a1 = _mm256_loadu_ps(r0 + 2 * ow + 8);
+    const __m256 b0 = _mm256_loadu_ps(r1 + 2 * ow), b1 = _mm256_loadu_ps(r1 + 2 * ow + 8);
+    const __m256 t00 = in_order(_mm256_shuffle_ps(a0, a1, 0x88));
+    const __m256 t01 = in_order(_mm256_shuffle_ps(a0, a1, 0xDD));
+    const __m256 t10 = in_order(_mm256_shuffle_ps(b0, b1, 0x88));
+    const __m256 t11 = in_order(_mm256_shuffle_ps(b0, b1, 0xDD));
+    const __m256i s = _mm256_cvtepu8_epi32(
+        _mm_loadl_epi64(reinterpret_cast<const __m128i*>(sw_row + ow)));
+    // At most one mask is set per lane: OR of the ANDs selects it (bits kept).
+    const __m256 v = _mm256_or_ps(
+        _mm256_or_ps(_mm256_and_ps(t00, switch_is(s, 0)), _mm256_and_ps(t01, switch_is(s, 1))),
+        _mm256_or_ps(_mm256_and_ps(t10, switch_is(s, 2)), _mm256_and_ps(t11, switch_is(s, 3))));
+    _mm256_storeu_ps(out_row + ow, v);
+  }
+  return ow;
+}
+#endif
+
 template <typename scalar_t>
 void gather_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* out, const UnpoolShape& s) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(s.oW, 1));
+  const pool::Axis &ah = s.p.h, &aw = s.p.w;
+  [[maybe_unused]] const bool fast2x2 = cpu::has_avx2_fma() && ah.kernel == 2 && aw.kernel == 2 &&
+                       ah.stride == 2 && aw.stride == 2 && ah.padding == 0 &&
+                       aw.padding == 0 && ah.dilation == 1 && aw.dilation == 1;
   at::parallel_for(0, s.N * s.C * s.oH, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t plane = r / s.oH, oh = r % s.oH;
       const scalar_t* y_plane = y + plane * s.H * s.W;
-      for (int64_t ow = 0; ow < s.oW; ++ow) {
+      int64_t ow = 0;
+#if DECONVNET_EXT_X86_AVX2
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (fast2x2 && 2 * oh + 1 < s.H) {
+          ow = gather2x2_row_avx2(y_plane + 2 * oh * s.W, y_plane + (2 * oh + 1) * s.W,
+                                  sw + r * s.oW, std::min(s.oW, s.W / 2), out + r * s.oW);
+        }
+      }
+#endif
+      for (; ow < s.oW; ++ow) {
         int64_t h, w;
         const int64_t o = r * s.oW + ow;
         out[o] = pool::switch_position(sw[o], oh, ow, s.p.h, s.p.w, s.H, s.W, &h, &w)

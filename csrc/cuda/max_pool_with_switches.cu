@@ -9,7 +9,6 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -36,7 +35,7 @@ __global__ void max_pool_switches_kernel(const scalar_t* __restrict__ in,
     const cuda::Coord o = cuda::decompose<channels_last>(idx, C, oH, oW);
     const TapRange ti = pool::window_taps(o.y, H, p.h);
     const TapRange tj = pool::window_taps(o.x, W, p.w);
-    acc_t best = -std::numeric_limits<acc_t>::infinity();
+    acc_t best = pool::argmax_initial<acc_t>();
     int64_t best_tap = ti.begin * p.w.kernel + tj.begin;
     for (int64_t i = ti.begin; i < ti.end; ++i) {
       const int64_t h = pool::tap_position(o.y, i, p.h);
