@@ -289,8 +289,10 @@ def write_report(data: Dict[str, Any], out_path: Path, chart_path: Optional[Path
     settings = data.get("benchmarks", [{}])[0].get("options", {}) if data.get("benchmarks") else {}
     lines = ["# deconvnet_ext benchmark results", "",
              "Written by `deconvnet bench` (deconvnet_ext/bench.py) from the pytest-benchmark suite in "
-             "`benchmarks/`; rerun it to refresh. Every contender's result was checked against "
-             "`deconvnet_ext.reference` before it was timed.", "",
+             "`benchmarks/`; rerun it to refresh (`--report-only results.json` rewrites this page from the "
+             "saved measurements). Every contender's result was checked before it was timed: against "
+             "`deconvnet_ext.reference` (the train step: against the first step's loss with torch's "
+             "pooling).", "",
              "## Machine", ""] + machine_lines(data, note) + [
              f"- Run: `{preset or '?'}` preset, rounds per contender >= "
              f"{settings.get('min_rounds', '?')} (max_time {settings.get('max_time', '?')} s)"
