@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .palette import IGNORE_INDEX
 from .voc import Sample, check_annotation, read_rgb_image
 
 
