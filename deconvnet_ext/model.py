@@ -67,6 +67,18 @@ def _init_gaussian(modules, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _init_decoder_he(modules) -> None:
+    """He (fan-in, ReLU) init of the transposed convs, zero biases, BN to identity."""
+    for m in modules:
+        if isinstance(m, nn.ConvTranspose2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def parameter_count(model: nn.Module) -> int:
     """Number of trainable parameter elements."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -81,7 +93,8 @@ class DeconvNet(nn.Module):
     transposed conv back to the pool5 size, then per stage (5 down to 1) an unpool with
     the mirrored pool's switches and 3x3 transposed convs with BN + ReLU
     (512,512,512 / 512,512,256 / 256,256,128 / 128,64 / 64,64 for vgg16); a 1x1 score
-    layer gives raw scores. Decoder weights ~ N(0, 0.01).
+    layer gives raw scores. Decoder weights ~ N(0, 0.01) (the tiny config: He init for
+    the transposed convs, see vgg.py).
 
     forward(x: (N,3,H,W) float, H,W >= input_size) -> (N,num_classes,H,W).
     Built for H = W = ``input_size`` (224 for vgg16, 64 for tiny).
@@ -117,8 +130,12 @@ class DeconvNet(nn.Module):
 
         _init_encoder(list(self.features.modules()) + list(self.fc6.modules())
                       + list(self.fc7.modules()))
-        _init_gaussian(list(self.deconv_fc6.modules()) + list(self.decoder.modules())
-                       + [self.score], DECODER_INIT_STD)
+        decoder = list(self.deconv_fc6.modules()) + list(self.decoder.modules())
+        if self.config.decoder_init_std is None:  # He init (the tiny config; see vgg.py)
+            _init_decoder_he(decoder)
+            _init_gaussian([self.score], DECODER_INIT_STD)
+        else:
+            _init_gaussian(decoder + [self.score], self.config.decoder_init_std)
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[PoolSwitches]]:
         """The conv encoder: (N,3,H,W) -> (pool5 (N,C5,H/32,W/32), the five pools'

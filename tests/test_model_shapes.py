@@ -1,11 +1,12 @@
 """DeconvNet and FCN-8s: output shapes, parameter counts, ext vs torch pooling."""
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 import deconvnet_ext as dx
-from deconvnet_ext.vgg import torchvision_vgg16_shapes
+from deconvnet_ext.vgg import ARCHS, torchvision_vgg16_shapes
 from test_train_support import one_thread  # noqa: F401 (fixture)
 
 
@@ -103,11 +104,29 @@ def test_bad_inputs_are_named():
 
 
 def test_decoder_init_is_gaussian_001():
+    # the paper's rule (vgg16's config), checked at the tiny widths to stay cheap
+    assert ARCHS["vgg16"].decoder_init_std == 0.01
     torch.manual_seed(0)
-    model = dx.DeconvNet(arch="tiny")
+    model = dx.DeconvNet(arch=dataclasses.replace(ARCHS["tiny"], decoder_init_std=0.01))
     w = torch.cat([m.weight.flatten() for m in model.decoder.modules()
                    if isinstance(m, torch.nn.ConvTranspose2d)])
     assert abs(w.std().item() - 0.01) < 0.0005 and abs(w.mean().item()) < 0.0005
+
+
+def test_tiny_decoder_init_is_he_and_score_gaussian_001():
+    torch.manual_seed(0)
+    model = dx.DeconvNet(arch="tiny")
+    assert ARCHS["tiny"].decoder_init_std is None
+    deconvs = [m for m in list(model.deconv_fc6.modules()) + list(model.decoder.modules())
+               if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(deconvs) == 14  # deconv-fc6 + the 13 mirrored convs
+    for m in deconvs:
+        fan_in = m.weight.shape[1] * m.weight[0, 0].numel()  # torch's fan_in of this weight
+        expected = (2.0 / fan_in) ** 0.5
+        assert abs(m.weight.std().item() - expected) < 0.1 * expected
+        assert torch.count_nonzero(m.bias) == 0
+    assert abs(model.score.weight.std().item() - 0.01) < 0.003
+    assert torch.count_nonzero(model.score.bias) == 0
 
 
 @pytest.mark.parametrize("train_mode", [True, False])
