@@ -23,7 +23,7 @@ from .errors import UserError
 
 # Run settings: quick (default) keeps `deconvnet bench` to a few minutes on 2 cores.
 PRESETS = {
-    "quick": {"shapes": "quick", "max_time": 0.25, "min_rounds": 3},
+    "quick": {"shapes": "quick", "max_time": 0.3, "min_rounds": 5},
     "full": {"shapes": "full", "max_time": 1.0, "min_rounds": 5},
 }
 RIVALS = (("torch", "torch eager"), ("torch_compile", "torch.compile"), ("reference", "reference.py"))
@@ -345,7 +345,7 @@ def write_chart(rows: List[Dict[str, Any]], path: Path) -> None:
     ax.set_title("deconvnet_ext vs PyTorch (min of rounds)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110 if len(rows) <= 30 else 72)   # the --full chart is tall
     plt.close(fig)
 
 
