@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "cpu/cpu_features.h"
+
 #ifndef DECONVNET_EXT_VERSION
 #define DECONVNET_EXT_VERSION "unknown"
 #endif
@@ -14,18 +16,6 @@
 #ifndef DECONVNET_EXT_CUDA_ARCH_LIST
 #define DECONVNET_EXT_CUDA_ARCH_LIST ""
 #endif
-
-namespace {
-
-bool cpu_has_avx2_fma() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
-}
-
-}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "deconvnet_ext compiled ops (registered under torch.ops.deconvnet_ext)";
@@ -39,7 +29,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["cuda_arch_list"] = std::string(DECONVNET_EXT_CUDA_ARCH_LIST);
     info["torch_version"] = DECONVNET_EXT_TORCH_VERSION;
-    info["cpu_avx2_fma"] = cpu_has_avx2_fma();
+    info["cpu_avx2_fma"] = deconvnet_ext::cpu::has_avx2_fma();
     return info;
   }, "How this build of deconvnet_ext was compiled: version, CUDA kernels or not, "
      "CUDA arch list, torch version built against, and whether this CPU takes "

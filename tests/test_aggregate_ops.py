@@ -99,7 +99,7 @@ def test_large_boxes_bit_exact_where_torch_uses_fma(mode, device):
     """Boxes with bh + bw > 128 go through torch's generic resize kernel, whose
     rounding the op reproduces exactly (on CPUs where torch runs AVX2/AVX512)."""
     if device == "cpu" and not (dx.build_info()["cpu_avx2_fma"]
-                                and os.environ.get("DECONVNET_EXT_NO_AVX2", "0") in ("", "0")
+                                and os.environ.get("DECONVNET_EXT_DISABLE_AVX2", "0") in ("", "0")
                                 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")):
         pytest.skip("torch's DEFAULT kernels round differently from the op's FMA path")
     if device == "cuda":
@@ -119,7 +119,7 @@ def test_large_boxes_bit_exact_where_torch_uses_fma(mode, device):
 def test_cuda_equals_cpu_bitwise(dtype):
     """Both kernels call the same bilinear functions (csrc/common/bilinear.h) with fused
     multiply-adds and reduce in proposal order: the same bits on both devices."""
-    if not dx.build_info()["cpu_avx2_fma"] or os.environ.get("DECONVNET_EXT_NO_AVX2", "0") not in ("", "0"):
+    if not dx.build_info()["cpu_avx2_fma"] or os.environ.get("DECONVNET_EXT_DISABLE_AVX2", "0") not in ("", "0"):
         pytest.skip("the CPU takes its unfused path here")
     g = torch.Generator().manual_seed(31)
     K, C, H, W = 12, 3, 70, 90
@@ -349,9 +349,9 @@ print("ok")
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                     reason="the AVX2 / portable split exists on x86-64 only")
 def test_portable_path_matches_torch_default_kernels():
-    """DECONVNET_EXT_NO_AVX2=1 takes the path of CPUs without AVX2/FMA (plain products);
+    """DECONVNET_EXT_DISABLE_AVX2=1 takes the path of CPUs without AVX2/FMA (plain products);
     it equals torch's own DEFAULT-capability resize, bit for bit on large boxes."""
-    env = dict(os.environ, DECONVNET_EXT_NO_AVX2="1", ATEN_CPU_CAPABILITY="default",
+    env = dict(os.environ, DECONVNET_EXT_DISABLE_AVX2="1", ATEN_CPU_CAPABILITY="default",
                OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", PORTABLE_PATH_CHECK], env=env,
                           capture_output=True, text=True, timeout=120)

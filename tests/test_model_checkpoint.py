@@ -10,6 +10,7 @@ import deconvnet_ext as dx
 from deconvnet_ext.checkpoint import (CheckpointError, load_checkpoint, load_model,
                                       save_checkpoint)
 from deconvnet_ext.errors import UserError
+from test_train_support import one_thread  # noqa: F401 (fixture)
 
 
 @pytest.mark.parametrize("kind", ["deconvnet", "fcn8s"])

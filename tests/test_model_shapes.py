@@ -6,6 +6,7 @@ import torch
 
 import deconvnet_ext as dx
 from deconvnet_ext.vgg import torchvision_vgg16_shapes
+from test_train_support import one_thread  # noqa: F401 (fixture)
 
 
 def _conv(cin, cout, k):  # weight + bias

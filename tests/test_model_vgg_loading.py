@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import deconvnet_ext as dx
 from deconvnet_ext.checkpoint import CheckpointError
 from deconvnet_ext.vgg import ARCHS, torchvision_vgg16_shapes
+from test_train_support import one_thread  # noqa: F401 (fixture)
 
 
 def _synthetic_vgg_file(tmp_path, batch_norm, arch="tiny", seed=0):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from deconvnet_ext.nn import MaxPool2dWithSwitches, MaxUnpool2dWithSwitches, set_pool_impl
+from test_train_support import one_thread  # noqa: F401 (fixture)
 
 
 def _pool_unpool(x, pool_impl, size=2):

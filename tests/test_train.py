@@ -9,16 +9,7 @@ import deconvnet_ext as dx
 from deconvnet_ext.checkpoint import CheckpointError, load_checkpoint, load_model
 from deconvnet_ext.train import (SampleStream, TrainConfig, fit, segmentation_loss,
                                  train_deconvnet, train_fcn)
-from test_train_support import NUM_CLASSES, Squares
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread avoids OpenMP spinning against other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from test_train_support import NUM_CLASSES, Squares, one_thread  # noqa: F401 (fixture)
 
 
 def _config(**kw):

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import deconvnet_ext as dx
 from deconvnet_ext.distributed import CPUSyncBatchNorm2d, cleanup_distributed, setup_distributed
 from deconvnet_ext.train import TrainConfig, fit
-from test_train_support import NUM_CLASSES, Squares
+from test_train_support import NUM_CLASSES, Squares, one_thread  # noqa: F401 (fixture)
 
 STEPS = 3
 

@@ -1,10 +1,22 @@
 """A small learnable segmentation set for the trainer tests (imported by the other
 test_train_* modules), and a check that it is what they assume."""
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import Dataset
 
 NUM_CLASSES = 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run a test with one intra-op thread: on 2 cores shared with other jobs, two
+    OpenMP threads spin against each other and run many times slower than one.
+    (Import this fixture into a test module to apply it there.)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class Squares(Dataset):

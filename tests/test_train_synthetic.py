@@ -13,14 +13,7 @@ from deconvnet_ext.checkpoint import load_model
 from deconvnet_ext.data.synthetic import generate_synthetic_voc
 from deconvnet_ext.data.voc import VOCSegmentation
 from deconvnet_ext.train import WholeImages, add_cli_arguments, run_cli
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from test_train_support import one_thread  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@
 
 #include <c10/macros/Macros.h>
 
+#include "common/pool_macros.h"
+
 #include <cmath>
 
 namespace deconvnet_ext {
@@ -15,17 +17,19 @@ namespace pool {
 // The running max starts below every number (-inf); the running tap starts at
 // the window's first in-bounds tap, so an all -inf window reports that tap.
 template <typename acc_t>
-C10_HOST_DEVICE inline acc_t argmax_initial() {
+C10_HOST_DEVICE DECONVNET_EXT_INLINE acc_t argmax_initial() {
   // INFINITY (a float constant, __builtin_inff) works on the host and in nvcc
   // device code without --expt-relaxed-constexpr.
   return -static_cast<acc_t>(INFINITY);
 }
 
 template <typename acc_t>
-C10_HOST_DEVICE inline bool argmax_takes(acc_t value, acc_t running_max) {
+C10_HOST_DEVICE DECONVNET_EXT_INLINE bool argmax_takes(acc_t value, acc_t running_max) {
   // value != value is isnan for every acc type, on host and device; the build never
   // uses -ffast-math, which would break it.
-  return value > running_max || value != value;
+  // Bitwise | (both sides are cheap and side-effect free): no branch, so the
+  // compiler if-converts and vectorizes the loops that use it.
+  return (value > running_max) | (value != value);
 }
 
 }  // namespace pool

@@ -11,6 +11,8 @@
 
 #include <c10/macros/Macros.h>
 
+#include "common/pool_macros.h"
+
 #include <cstdint>
 
 namespace deconvnet_ext {
@@ -24,18 +26,18 @@ struct Axis {
   int64_t dilation;
 };
 
-C10_HOST_DEVICE inline int64_t floor_div(int64_t a, int64_t b) {
+C10_HOST_DEVICE DECONVNET_EXT_INLINE int64_t floor_div(int64_t a, int64_t b) {
   const int64_t q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-C10_HOST_DEVICE inline int64_t ceil_div_nonneg(int64_t a, int64_t b) {
+C10_HOST_DEVICE DECONVNET_EXT_INLINE int64_t ceil_div_nonneg(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
 // torch's pooling_output_shape: floor (or ceil) of the window count, and in
 // ceil_mode the last window must start inside the input or the left padding.
-C10_HOST_DEVICE inline int64_t pooled_size(int64_t input, const Axis& a, bool ceil_mode) {
+C10_HOST_DEVICE DECONVNET_EXT_INLINE int64_t pooled_size(int64_t input, const Axis& a, bool ceil_mode) {
   const int64_t span = a.dilation * (a.kernel - 1) + 1;
   const int64_t numer = input + 2 * a.padding - span + (ceil_mode ? a.stride - 1 : 0);
   int64_t out = floor_div(numer, a.stride) + 1;
@@ -53,7 +55,7 @@ struct TapRange {
   int64_t end;
 };
 
-C10_HOST_DEVICE inline TapRange window_taps(int64_t o, int64_t input, const Axis& a) {
+C10_HOST_DEVICE DECONVNET_EXT_INLINE TapRange window_taps(int64_t o, int64_t input, const Axis& a) {
   const int64_t start = o * a.stride - a.padding;
   const int64_t begin = start < 0 ? ceil_div_nonneg(-start, a.dilation) : 0;
   const int64_t room = input - start;  // positions start .. input-1
@@ -63,14 +65,14 @@ C10_HOST_DEVICE inline TapRange window_taps(int64_t o, int64_t input, const Axis
 }
 
 // Input coordinate of tap t of window o.
-C10_HOST_DEVICE inline int64_t tap_position(int64_t o, int64_t t, const Axis& a) {
+C10_HOST_DEVICE DECONVNET_EXT_INLINE int64_t tap_position(int64_t o, int64_t t, const Axis& a) {
   return o * a.stride - a.padding + t * a.dilation;
 }
 
 // Decodes a switch of output (oh, ow) into an input position. Returns false
 // (selects nothing) when the switch is outside its window (s >= kH * kW) or
 // points into the padding: no caller ever reads or writes out of bounds.
-C10_HOST_DEVICE inline bool switch_position(int64_t s, int64_t oh, int64_t ow, const Axis& ah,
+C10_HOST_DEVICE DECONVNET_EXT_INLINE bool switch_position(int64_t s, int64_t oh, int64_t ow, const Axis& ah,
                                             const Axis& aw, int64_t H, int64_t W, int64_t* h,
                                             int64_t* w) {
   if (s < 0 || s >= ah.kernel * aw.kernel) return false;
@@ -88,7 +90,7 @@ C10_HOST_DEVICE inline bool switch_position(int64_t s, int64_t oh, int64_t ow, c
 // exactly and 0 <= o < pooled. Returns -1 when tap t of no window covers x.
 // The unpool (a gather) walks t = 0 .. kernel-1 with this: a fixed order, so
 // overlapping windows sum their contributions deterministically.
-C10_HOST_DEVICE inline int64_t covering_window(int64_t x, int64_t t, int64_t pooled,
+C10_HOST_DEVICE DECONVNET_EXT_INLINE int64_t covering_window(int64_t x, int64_t t, int64_t pooled,
                                                const Axis& a) {
   const int64_t num = x + a.padding - t * a.dilation;
   if (num < 0 || num % a.stride != 0) return -1;
@@ -98,7 +100,7 @@ C10_HOST_DEVICE inline int64_t covering_window(int64_t x, int64_t t, int64_t poo
 
 // Windows do not overlap (each input position is covered by at most one
 // window) when the stride is at least the dilated kernel's span.
-C10_HOST_DEVICE inline bool windows_disjoint(const Axis& a) {
+C10_HOST_DEVICE DECONVNET_EXT_INLINE bool windows_disjoint(const Axis& a) {
   return a.stride >= a.dilation * (a.kernel - 1) + 1;
 }
 

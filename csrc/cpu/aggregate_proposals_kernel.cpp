@@ -41,30 +41,19 @@ using cpu::Placement;
 using cpu::Plan;
 using cpu::ScalarRows;
 using cpu::make_plan;
-#if DECONVNET_EXT_AGG_X86
+#if DECONVNET_EXT_X86_AVX2
 using cpu::Avx2Rows;
 #endif
 
-// DECONVNET_EXT_NO_AVX2=1 in the environment takes the portable path (as on a
-// CPU without AVX2/FMA), so tests on an AVX2 machine can check that path too.
-bool cpu_has_avx2_fma() {
-#if DECONVNET_EXT_AGG_X86
-  static const bool yes = [] {
-    const char* off = std::getenv("DECONVNET_EXT_NO_AVX2");
-    if (off != nullptr && off[0] != '\0' && off[0] != '0') return false;
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-#else
-  return false;
-#endif
-}
+// The AVX2/FMA loops and torch's fused rounding go together: both follow
+// cpu::has_avx2_fma() (DECONVNET_EXT_DISABLE_AVX2=1 takes the portable path).
+bool cpu_has_avx2_fma() { return deconvnet_ext::cpu::has_avx2_fma(); }
 
 // Whether this CPU computes torch's bilinear weights with fused multiply-adds
 // (x86: its AVX2/AVX512 kernels, chosen where the CPU has AVX2+FMA; other
 // architectures: compilers contract by default and FMA is always there).
 bool fused_rounding() {
-#if DECONVNET_EXT_AGG_X86
+#if DECONVNET_EXT_X86_AVX2
   return cpu_has_avx2_fma();
 #else
   return true;
@@ -170,7 +159,7 @@ void aggregate_dispatch(const Shape& s, const at::Tensor& maps, const at::Tensor
                         const at::Tensor& image_index, at::Tensor& out) {
   const bool fused = fused_rounding();
   if (maps.scalar_type() == at::kFloat) {
-#if DECONVNET_EXT_AGG_X86
+#if DECONVNET_EXT_X86_AVX2
     if (cpu_has_avx2_fma()) return run<float, true, Avx2Rows>(s, maps, boxes, image_index, out);
     return run<float, false, ScalarRows<float, false>>(s, maps, boxes, image_index, out);
 #else

@@ -10,11 +10,10 @@
 #include "common/bilinear.h"
 #include "common/bilinear_aggregate_args.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "cpu/cpu_features.h"
+
+#if DECONVNET_EXT_X86_AVX2
 #include <immintrin.h>
-#define DECONVNET_EXT_AGG_X86 1
-#else
-#define DECONVNET_EXT_AGG_X86 0
 #endif
 
 namespace deconvnet_ext {
@@ -57,7 +56,7 @@ struct ScalarRows {
   }
 };
 
-#if DECONVNET_EXT_AGG_X86
+#if DECONVNET_EXT_X86_AVX2
 // float32 with AVX2 + FMA, the same fused rounding as ScalarRows<float, true>.
 struct Avx2Rows {
   // Taps within a 16-column window: two loads and in-register permutes

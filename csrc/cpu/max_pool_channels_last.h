@@ -22,6 +22,7 @@
 
 namespace deconvnet_ext {
 namespace cpu_pool {
+namespace {
 
 using pool::PoolParams;
 using pool::TapRange;
@@ -189,5 +190,6 @@ void pool_channels_last(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t 
   });
 }
 
+}  // namespace
 }  // namespace cpu_pool
 }  // namespace deconvnet_ext

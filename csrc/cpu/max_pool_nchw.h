@@ -1,7 +1,8 @@
 // NCHW loops of the CPU max pool with switches (included by
-// max_pool_with_switches.cpp only): rows of output, general geometry with the
-// interior windows in vectorized blocks, and DeconvNet's 2x2/stride 2 float32
-// case in AVX2 intrinsics. Element logic from csrc/common/.
+// max_pool_with_switches.cpp only): rows of output; windows clipped by the
+// border one at a time, interior windows in blocks (AVX2 intrinsics for
+// float32, a plain blocked loop otherwise); DeconvNet's 2x2/stride 2 float32
+// case in its own AVX2 loop. Element logic from csrc/common/.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -9,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "common/argmax_rule.h"
@@ -22,6 +24,7 @@
 
 namespace deconvnet_ext {
 namespace cpu_pool {
+namespace {
 
 using pool::PoolParams;
 using pool::TapRange;
@@ -36,7 +39,7 @@ inline __attribute__((always_inline)) void pool_row_nchw(const scalar_t* plane, 
   const TapRange ti = pool::window_taps(oh, H, p.h);
   for (int64_t ow = ow0; ow < ow1; ++ow) {
     const TapRange tj = pool::window_taps(ow, W, p.w);
-    acc_t best = pool::argmax_initial<acc_t>();
+    acc_t best = -std::numeric_limits<acc_t>::infinity();
     int64_t best_tap = ti.begin * p.w.kernel + tj.begin;
     for (int64_t i = ti.begin; i < ti.end; ++i) {
       const scalar_t* row = plane + pool::tap_position(oh, i, p.h) * W;
@@ -97,9 +100,9 @@ inline DECONVNET_EXT_TARGET_AVX2 int64_t pool2x2_row_avx2(const float* r0, const
 #endif
 
 // ---- NCHW, any geometry, blocks of kRowBlock interior outputs (windows wholly
-// inside the input along W): the block's running max and tap live in small
-// arrays and the loop over the block is vectorized by the compiler (input
-// strides 1 and 2 are compile-time constants; others become gathers).
+// inside the input along W), for the dtypes and CPUs without the AVX2 block:
+// the block's running max and tap live in small arrays, and input strides 1
+// and 2 are compile-time constants, which helps the compiler.
 constexpr int64_t kRowBlock = 16;
 
 template <typename scalar_t, int64_t kStride>
@@ -113,7 +116,7 @@ inline __attribute__((always_inline)) void pool_block_nchw(const scalar_t* plane
   int32_t tap[kRowBlock];
   const int32_t first = static_cast<int32_t>(ti.begin * p.w.kernel);
   for (int64_t b = 0; b < kRowBlock; ++b) {
-    best[b] = pool::argmax_initial<acc_t>();
+    best[b] = -std::numeric_limits<acc_t>::infinity();
     tap[b] = first;
   }
   for (int64_t i = ti.begin; i < ti.end; ++i) {
@@ -135,13 +138,56 @@ inline __attribute__((always_inline)) void pool_block_nchw(const scalar_t* plane
   }
 }
 
+#if DECONVNET_EXT_X86_AVX2
+// float32 block of 8 interior outputs in AVX2, any geometry: per tap, the 8
+// inputs (contiguous for stride 1, even lanes of two loads for stride 2, a
+// gather otherwise), then the compare + blend rule. Never reads past the last
+// input the block uses (the second stride-2 load is masked to 7 lanes).
+inline DECONVNET_EXT_TARGET_AVX2 void pool_block8_float_avx2(const float* plane, int64_t W,
+                                                             int64_t oh, TapRange ti,
+                                                             int64_t ow0, const PoolParams& p,
+                                                             float* out_row, uint8_t* sw_row) {
+  const int64_t sW = p.w.stride;
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i gather_index = _mm256_mullo_epi32(lanes, _mm256_set1_epi32(static_cast<int>(sW)));
+  const __m256i first7 = _mm256_cmpgt_epi32(_mm256_set1_epi32(7), lanes);
+  __m256 best = _mm256_set1_ps(pool::argmax_initial<float>());
+  __m256 tap = _mm256_set1_ps(static_cast<float>(ti.begin * p.w.kernel));
+  for (int64_t i = ti.begin; i < ti.end; ++i) {
+    const float* row = plane + pool::tap_position(oh, i, p.h) * W + ow0 * sW - p.w.padding;
+    for (int64_t j = 0; j < p.w.kernel; ++j) {
+      const float* src = row + j * p.w.dilation;
+      __m256 v;
+      if (sW == 1) {
+        v = _mm256_loadu_ps(src);
+      } else if (sW == 2) {
+        const __m256 a0 = _mm256_loadu_ps(src), a1 = _mm256_maskload_ps(src + 8, first7);
+        v = _mm256_castpd_ps(_mm256_permute4x64_pd(
+            _mm256_castps_pd(_mm256_shuffle_ps(a0, a1, 0x88)), 0xD8));
+      } else {
+        v = _mm256_i32gather_ps(src, gather_index, 4);
+      }
+      const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ),
+                                       _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      best = _mm256_blendv_ps(best, v, take);
+      tap = _mm256_blendv_ps(tap, _mm256_set1_ps(static_cast<float>(i * p.w.kernel + j)), take);
+    }
+  }
+  _mm256_storeu_ps(out_row + ow0, best);
+  const __m256i t32 = _mm256_cvtps_epi32(tap);
+  const __m128i t16 =
+      _mm_packs_epi32(_mm256_castsi256_si128(t32), _mm256_extracti128_si256(t32, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(sw_row + ow0), _mm_packus_epi16(t16, t16));
+}
+#endif
+
 // Outputs [from, oW) of row oh: clipped windows one by one, interior ones in blocks.
 template <typename scalar_t>
 inline __attribute__((always_inline)) void pool_row_general(const scalar_t* plane, int64_t H,
                                                             int64_t W, int64_t oh, int64_t from,
                                                             int64_t oW, const PoolParams& p,
                                                             scalar_t* out_row,
-                                                            uint8_t* sw_row) {
+                                                            uint8_t* sw_row, bool avx2) {
   const pool::Axis& a = p.w;
   // Interior: ow * stride - padding >= 0 and its last tap < W.
   const int64_t lo = std::min(oW, std::max(from, pool::ceil_div_nonneg(a.padding, a.stride)));
@@ -150,6 +196,16 @@ inline __attribute__((always_inline)) void pool_row_general(const scalar_t* plan
   pool_row_nchw(plane, H, W, oh, from, lo, p, out_row, sw_row);
   const TapRange ti = pool::window_taps(oh, H, p.h);
   int64_t ow = lo;
+#if DECONVNET_EXT_X86_AVX2
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    // (The gather's int32 offsets need 8 * stride to fit; it always does in practice.)
+    if (avx2 && a.stride < (int64_t(1) << 27)) {
+      for (; ow + 8 <= hi; ow += 8) {
+        pool_block8_float_avx2(plane, W, oh, ti, ow, p, out_row, sw_row);
+      }
+    }
+  }
+#endif
   for (; ow + kRowBlock <= hi; ow += kRowBlock) {
     if (a.stride == 1) {
       pool_block_nchw<scalar_t, 1>(plane, W, oh, ti, ow, p, out_row, sw_row);
@@ -173,7 +229,8 @@ inline __attribute__((always_inline)) void pool_rows_nchw(const scalar_t* in, sc
                                                           uint8_t* sw, int64_t begin,
                                                           int64_t end, int64_t H, int64_t W,
                                                           int64_t oH, int64_t oW,
-                                                          const PoolParams& p, bool fast2x2) {
+                                                          const PoolParams& p, bool fast2x2,
+                                                          bool avx2) {
   for (int64_t r = begin; r < end; ++r) {
     const int64_t plane = r / oH, oh = r % oH;
     const scalar_t* in_plane = in + plane * H * W;
@@ -189,7 +246,7 @@ inline __attribute__((always_inline)) void pool_rows_nchw(const scalar_t* in, sc
       }
     }
 #endif
-    pool_row_general(in_plane, H, W, oh, done, oW, p, out_row, sw_row);
+    pool_row_general(in_plane, H, W, oh, done, oW, p, out_row, sw_row, avx2);
   }
 }
 
@@ -199,7 +256,7 @@ DECONVNET_EXT_TARGET_AVX2 void pool_rows_nchw_avx2(const scalar_t* in, scalar_t*
                                                    uint8_t* sw, int64_t begin, int64_t end,
                                                    int64_t H, int64_t W, int64_t oH, int64_t oW,
                                                    const PoolParams& p, bool fast2x2) {
-  pool_rows_nchw(in, out, sw, begin, end, H, W, oH, oW, p, fast2x2);
+  pool_rows_nchw(in, out, sw, begin, end, H, W, oH, oW, p, fast2x2, true);
 }
 #endif
 
@@ -207,7 +264,7 @@ template <typename scalar_t>
 void pool_rows_nchw_default(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t begin,
                             int64_t end, int64_t H, int64_t W, int64_t oH, int64_t oW,
                             const PoolParams& p) {
-  pool_rows_nchw(in, out, sw, begin, end, H, W, oH, oW, p, false);
+  pool_rows_nchw(in, out, sw, begin, end, H, W, oH, oW, p, false, false);
 }
 
 template <typename scalar_t>
@@ -230,5 +287,6 @@ void pool_nchw(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t planes, i
   });
 }
 
+}  // namespace
 }  // namespace cpu_pool
 }  // namespace deconvnet_ext
