@@ -65,6 +65,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluate only the first N validation images")
     parser.add_argument("--arch", default="tiny", choices=("tiny", "vgg16"),
                         help="network size (default tiny; vgg16 wants a GPU)")
+    parser.add_argument("--vgg-weights", default=None,
+                        help="local torchvision vgg16 / vgg16_bn state-dict file to "
+                             "initialise the encoders (arch vgg16; nothing is downloaded)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument("--reuse-checkpoints", action="store_true",
@@ -120,7 +123,7 @@ def _loss_summary(losses) -> dict:
 
 def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage2_steps: int,
                       fcn_steps: int, device: torch.device, seed: int, reuse: bool = False,
-                      progress: bool = True):
+                      progress: bool = True, vgg_weights: Optional[str] = None):
     """Train DeconvNet (stage 1, stage 2) and FCN-8s on ``root``'s train split with the
     trainer's defaults (SGD 0.01, momentum 0.9, wd 0.0005, step decay); checkpoints go
     to ``out``. Returns (deconvnet, fcn8s, info) with the models in eval mode."""
@@ -136,7 +139,8 @@ def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage
                          checkpoint_every=0, batch_size=DECONVNET_BATCH_SIZE)
     info = {}
     summary = train_deconvnet(root, out, arch=arch, stage1_steps=stage1_steps,
-                              stage2_steps=stage2_steps, config=config)
+                              stage2_steps=stage2_steps, config=config,
+                              vgg_weights=vgg_weights)
     # FCN-8s trains on whole images at the size it will see at inference (the longer
     # side of the data's images, capped for CPU memory), so train and test scales agree.
     from .data.voc import VOCSegmentation
@@ -144,8 +148,8 @@ def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage
     train_split = VOCSegmentation(root, "train")
     fcn_size = min(FCN_MAX_TRAIN_SIZE, max(train_split[0].image.shape[:2]))
     fcn_summary = train_fcn(WholeImages(train_split, fcn_size), out, arch=arch,
-                            steps=fcn_steps, config=dataclasses.replace(
-                                config, batch_size=FCN_BATCH_SIZE))
+                            steps=fcn_steps, vgg_weights=vgg_weights,
+                            config=dataclasses.replace(config, batch_size=FCN_BATCH_SIZE))
     for name, result in zip(("deconvnet_stage1", "deconvnet_stage2", "fcn8s"),
                             summary.stages + fcn_summary.stages):
         losses = _loss_summary(result.losses)
@@ -190,7 +194,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     deconvnet, fcn, train_info = train_demo_models(
         root, out / "checkpoints", arch=args.arch, stage1_steps=sizes["stage1_steps"],
         stage2_steps=sizes["stage2_steps"], fcn_steps=sizes["fcn_steps"], device=device,
-        seed=args.seed, reuse=args.reuse_checkpoints)
+        seed=args.seed, reuse=args.reuse_checkpoints, vgg_weights=args.vgg_weights)
     timings["train_s"] = time.perf_counter() - t
 
     t = _stage("3/4 instance-wise inference and evaluation on the validation split")

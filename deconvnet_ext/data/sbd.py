@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .palette import IGNORE_INDEX
-from .voc import Sample, read_rgb_image
+from .voc import Sample, check_annotation, read_rgb_image
 
 
 def read_sbd_mat(path: str | Path, struct: str) -> np.ndarray:
@@ -80,13 +79,7 @@ class SBDSegmentation:
         _, cls_path, inst_path = self._paths(name)
         label = read_sbd_mat(cls_path, "GTcls")
         instances = read_sbd_mat(inst_path, "GTinst")
-        if label.shape != instances.shape:
-            raise UserError(f"{inst_path}: size {instances.shape[1]}x{instances.shape[0]} "
-                            f"differs from {cls_path} ({label.shape[1]}x{label.shape[0]})")
-        bad = (label >= self.num_classes) & (label != IGNORE_INDEX)
-        if bad.any():
-            raise UserError(f"{cls_path}: class id {int(label[bad][0])} is not in "
-                            f"0..{self.num_classes - 1} or {IGNORE_INDEX}")
+        check_annotation(label, instances, cls_path, inst_path, self.num_classes)
         return label, instances
 
     def __getitem__(self, index: int) -> Sample:

@@ -47,6 +47,19 @@ def read_rgb_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read image ({exc})") from exc
 
 
+def check_annotation(label: np.ndarray, instances: np.ndarray, label_path: str | Path,
+                     inst_path: str | Path, num_classes: int) -> None:
+    """Refuse a class map and instance map that disagree in size, or a class id
+    outside 0..num_classes-1 and 255, naming the offending file."""
+    if label.shape != instances.shape:
+        raise UserError(f"{inst_path}: size {instances.shape[1]}x{instances.shape[0]} "
+                        f"differs from {label_path} ({label.shape[1]}x{label.shape[0]})")
+    bad = (label >= num_classes) & (label != IGNORE_INDEX)
+    if bad.any():
+        raise UserError(f"{label_path}: class id {int(label[bad][0])} is not in "
+                        f"0..{num_classes - 1} or {IGNORE_INDEX}")
+
+
 def resolve_voc_root(root: str | Path) -> Path:
     """Accept either .../VOC2012 or the VOCdevkit folder that contains it."""
     root = Path(root)
@@ -112,13 +125,7 @@ class VOCSegmentation:
         _, label_path, inst_path = self._paths(name)
         label = read_index_png(label_path)
         instances = read_index_png(inst_path)
-        if label.shape != instances.shape:
-            raise UserError(f"{inst_path}: size {instances.shape[1]}x{instances.shape[0]} "
-                            f"differs from {label_path} ({label.shape[1]}x{label.shape[0]})")
-        bad = (label >= self.num_classes) & (label != IGNORE_INDEX)
-        if bad.any():
-            raise UserError(f"{label_path}: class id {int(label[bad][0])} is not in "
-                            f"0..{self.num_classes - 1} or {IGNORE_INDEX}")
+        check_annotation(label, instances, label_path, inst_path, self.num_classes)
         return label, instances
 
     def __getitem__(self, index: int) -> Sample:
