@@ -284,6 +284,10 @@ def write_report(data: Dict[str, Any], out_path: Path, chart_path: Optional[Path
                  note: str = "", wall_seconds: Optional[float] = None, preset: str = "") -> None:
     """RESULTS.md from the suite's JSON (and the chart beside it when chart_path)."""
     rows = group_rows(data)
+    run = data.get("deconvnet_ext", {})   # what run_cli saved with the JSON
+    note = note or run.get("note", "")
+    wall_seconds = wall_seconds or run.get("wall_seconds")
+    preset = preset or run.get("preset", "")
     if chart_path is not None and rows:
         write_chart(rows, chart_path)
     settings = data.get("benchmarks", [{}])[0].get("options", {}) if data.get("benchmarks") else {}
@@ -399,9 +403,11 @@ def run_cli(args: argparse.Namespace) -> int:
         data = load_json(json_path)
     for bench in data.get("benchmarks", []):
         bench.get("stats", {}).pop("data", None)   # per-round samples: megabytes, unused
+    wall_seconds = time.perf_counter() - start
+    data.setdefault("deconvnet_ext", {}).update(preset=preset, wall_seconds=wall_seconds, note=args.note)
     out.with_name("results.json").write_text(json.dumps(data, separators=(",", ":")))
     write_report(data, out, None if args.no_chart else out.with_name("results.png"), note=args.note,
-                 wall_seconds=time.perf_counter() - start, preset=preset)
+                 wall_seconds=wall_seconds, preset=preset)
     print(f"wrote {out}" + ("" if args.no_chart else f" and {out.with_name('results.png')}"))
     return code
 
