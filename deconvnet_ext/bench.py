@@ -23,7 +23,7 @@ from .errors import UserError
 
 # Run settings: quick (default) keeps `deconvnet bench` to a few minutes on 2 cores.
 PRESETS = {
-    "quick": {"shapes": "quick", "max_time": 0.25, "min_rounds": 3},
+    "quick": {"shapes": "quick", "max_time": 0.3, "min_rounds": 5},
     "full": {"shapes": "full", "max_time": 1.0, "min_rounds": 5},
 }
 RIVALS = (("torch", "torch eager"), ("torch_compile", "torch.compile"), ("reference", "reference.py"))
@@ -284,6 +284,10 @@ def write_report(data: Dict[str, Any], out_path: Path, chart_path: Optional[Path
                  note: str = "", wall_seconds: Optional[float] = None, preset: str = "") -> None:
     """RESULTS.md from the suite's JSON (and the chart beside it when chart_path)."""
     rows = group_rows(data)
+    run = data.get("deconvnet_ext", {})   # what run_cli saved with the JSON
+    note = note or run.get("note", "")
+    wall_seconds = wall_seconds or run.get("wall_seconds")
+    preset = preset or run.get("preset", "")
     if chart_path is not None and rows:
         write_chart(rows, chart_path)
     settings = data.get("benchmarks", [{}])[0].get("options", {}) if data.get("benchmarks") else {}
@@ -345,7 +349,7 @@ def write_chart(rows: List[Dict[str, Any]], path: Path) -> None:
     ax.set_title("deconvnet_ext vs PyTorch (min of rounds)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110 if len(rows) <= 30 else 72)   # the --full chart is tall
     plt.close(fig)
 
 
@@ -399,9 +403,11 @@ def run_cli(args: argparse.Namespace) -> int:
         data = load_json(json_path)
     for bench in data.get("benchmarks", []):
         bench.get("stats", {}).pop("data", None)   # per-round samples: megabytes, unused
+    wall_seconds = time.perf_counter() - start
+    data.setdefault("deconvnet_ext", {}).update(preset=preset, wall_seconds=wall_seconds, note=args.note)
     out.with_name("results.json").write_text(json.dumps(data, separators=(",", ":")))
     write_report(data, out, None if args.no_chart else out.with_name("results.png"), note=args.note,
-                 wall_seconds=time.perf_counter() - start, preset=preset)
+                 wall_seconds=wall_seconds, preset=preset)
     print(f"wrote {out}" + ("" if args.no_chart else f" and {out.with_name('results.png')}"))
     return code
 
