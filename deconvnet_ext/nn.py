@@ -20,8 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
+from . import ops  # noqa: F401  (registers the ops' autograd and fake kernels)
 from .reference import pool_params
+
+_ext_ops = torch.ops.deconvnet_ext
 
 IntPair = Union[int, Sequence[int]]
 POOL_IMPLS = ("ext", "torch")
@@ -63,8 +65,10 @@ class MaxPool2dWithSwitches(nn.Module):
         impl = check_pool_impl(self.pool_impl)
         input_size = (int(x.shape[-2]), int(x.shape[-1]))
         if impl == "ext":
-            out, switches = ops.max_pool2d_with_switches(
-                x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+            # The registered op directly: the parameters were normalised once in __init__.
+            out, switches = _ext_ops.max_pool2d_with_switches.default(
+                x, list(self.kernel_size), list(self.stride), list(self.padding),
+                list(self.dilation), self.ceil_mode)
         else:
             out, switches = F.max_pool2d(x, self.kernel_size, self.stride, self.padding,
                                          self.dilation, self.ceil_mode, return_indices=True)
@@ -94,9 +98,12 @@ class MaxUnpool2dWithSwitches(nn.Module):
             raise TypeError("switches must be the PoolSwitches returned by "
                             f"MaxPool2dWithSwitches, got {type(switches).__name__}")
         if switches.pool_impl == "ext":
-            return ops.max_unpool2d_with_switches(
-                x, switches.switches, self.kernel_size, self.stride, self.padding,
-                self.dilation, output_size=switches.input_size)
+            # Switches made by MaxPool2dWithSwitches are in their windows by construction,
+            # so the public wrapper's value check (a reduction and a host sync per call)
+            # is skipped; the kernel stays safe for any switch value regardless.
+            return _ext_ops.max_unpool2d_with_switches.default(
+                x, switches.switches, list(self.kernel_size), list(self.stride),
+                list(self.padding), list(self.dilation), list(switches.input_size))
         if self.dilation != (1, 1):
             raise ValueError("pool_impl='torch' cannot unpool a dilated pooling "
                              f"(dilation={self.dilation}); use pool_impl='ext'")
