@@ -29,7 +29,7 @@ PAPER_MEAN_IU: Dict[str, float] = {"FCN-8s": 62.2, "DeconvNet": 69.6, "DeconvNet
                                    "EDeconvNet": 71.7, "EDeconvNet+CRF": 72.5}
 
 # Defaults sized for ~15 minutes on 2 busy CPU cores; --quick is for smoke tests.
-FULL = dict(num_train=200, num_val=50, stage1_steps=2000, stage2_steps=1000, fcn_steps=300,
+FULL = dict(num_train=200, num_val=50, stage1_steps=5000, stage2_steps=2500, fcn_steps=750,
             val_limit=None, grid_rows=6)
 QUICK = dict(num_train=8, num_val=3, stage1_steps=2, stage2_steps=2, fcn_steps=2,
              val_limit=3, grid_rows=2)
