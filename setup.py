@@ -51,7 +51,10 @@ def extensions():
                   + glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
     # Never -march=native: the AVX2 loops are compiled per function with
     # target attributes and chosen at run time (csrc/cpu/cpu_features.h).
-    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is inlined into our kernels and runs serially unless
+    # they are compiled with OpenMP (torch's own build is). The link resolves to the
+    # libgomp.so.1 torch already loaded (same soname), so there is one thread pool.
+    cxx = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
     macros = [
         ("DECONVNET_EXT_VERSION", f'"{version}"'),
         ("DECONVNET_EXT_TORCH_VERSION", f'"{torch.__version__.split("+")[0]}"'),
@@ -74,6 +77,7 @@ def extensions():
         include_dirs=[os.path.join(HERE, "csrc")],
         define_macros=macros,
         extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
     )]
 
 
