@@ -113,15 +113,32 @@ inline c10::MemoryFormat working_format(const at::Tensor& t) {
 }
 
 
-// Sizes of an unpool (self, switches: (N, C, oH, oW) or (C, oH, oW)) into
-// output_size (H, W), checked.
-struct UnpoolShape {
+// The geometry every pool op shares: input (N, C, H, W) pooled to (N, C, oH, oW)
+// (N = 1 and batched = false for 3-d tensors).
+struct PoolShape {
   PoolParams p;
   bool batched;
   int64_t N, C, H, W, oH, oW;
 };
 
-inline UnpoolShape check_unpool_args(const char* op, const at::Tensor& self,
+// Sizes of a pool of self ((N, C, H, W) or (C, H, W)), checked.
+inline PoolShape check_pool_args(const char* op, const at::Tensor& self,
+                                 c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                                 c10::IntArrayRef padding, c10::IntArrayRef dilation,
+                                 bool ceil_mode) {
+  check_float_map(op, "self", self);
+  const PoolParams p = check_pool_params(op, kernel_size, stride, padding, dilation);
+  const bool batched = self.dim() == 4;
+  const int64_t d = batched ? 1 : 0;
+  const int64_t H = self.size(d + 1), W = self.size(d + 2);
+  const auto [oH, oW] = check_pooled_size(op, H, W, p, ceil_mode);
+  return PoolShape{p, batched, batched ? self.size(0) : 1, self.size(d), H, W, oH, oW};
+}
+
+// Sizes of an unpool (self, switches: (N, C, oH, oW) or (C, oH, oW)) into
+// output_size (H, W), checked.
+
+inline PoolShape check_unpool_args(const char* op, const at::Tensor& self,
                                      const at::Tensor& switches, c10::IntArrayRef kernel_size,
                                      c10::IntArrayRef stride, c10::IntArrayRef padding,
                                      c10::IntArrayRef dilation, c10::IntArrayRef output_size) {
@@ -134,14 +151,14 @@ inline UnpoolShape check_unpool_args(const char* op, const at::Tensor& self,
                     output_size);
   const bool batched = self.dim() == 4;
   const int64_t d = batched ? 1 : 0;
-  UnpoolShape s{p, batched, batched ? self.size(0) : 1, self.size(d), output_size[0],
+  PoolShape s{p, batched, batched ? self.size(0) : 1, self.size(d), output_size[0],
                 output_size[1], self.size(d + 1), self.size(d + 2)};
   check_unpooled_size(op, "output_size", s.H, s.W, s.oH, s.oW, p);
   return s;
 }
 
 // Sizes of a gather from self (N, C, H, W) at switches (N, C, oH, oW), checked.
-inline UnpoolShape check_gather_args(const char* op, const at::Tensor& self,
+inline PoolShape check_gather_args(const char* op, const at::Tensor& self,
                                      const at::Tensor& switches, c10::IntArrayRef kernel_size,
                                      c10::IntArrayRef stride, c10::IntArrayRef padding,
                                      c10::IntArrayRef dilation) {
@@ -153,14 +170,14 @@ inline UnpoolShape check_gather_args(const char* op, const at::Tensor& self,
                     ": switches must match self in its leading (N, C) dimensions, got switches ",
                     switches.sizes(), " and self ", self.sizes());
   const PoolParams p = check_pool_params(op, kernel_size, stride, padding, dilation);
-  UnpoolShape s{p, batched, batched ? self.size(0) : 1, self.size(d), self.size(d + 1),
+  PoolShape s{p, batched, batched ? self.size(0) : 1, self.size(d), self.size(d + 1),
                 self.size(d + 2), switches.size(d + 1), switches.size(d + 2)};
   check_unpooled_size(op, "self's spatial size", s.H, s.W, s.oH, s.oW, p);
   return s;
 }
 
 // Shape (N, C, h, w), or (C, h, w) for an unbatched op.
-inline std::vector<int64_t> map_shape(const UnpoolShape& s, int64_t h, int64_t w) {
+inline std::vector<int64_t> map_shape(const PoolShape& s, int64_t h, int64_t w) {
   return s.batched ? std::vector<int64_t>{s.N, s.C, h, w} : std::vector<int64_t>{s.C, h, w};
 }
 

@@ -33,7 +33,7 @@ namespace deconvnet_ext {
 namespace {
 
 using pool::PoolParams;
-using pool::UnpoolShape;
+using pool::PoolShape;
 
 // covering[x * k + t] = the window whose tap t covers coordinate x, or -1.
 std::vector<int64_t> covering_table(int64_t extent, int64_t pooled, const pool::Axis& a) {
@@ -49,7 +49,7 @@ std::vector<int64_t> covering_table(int64_t extent, int64_t pooled, const pool::
 // ---- NCHW, any geometry: one output row h of one plane.
 template <typename scalar_t>
 void unpool_row_general(const scalar_t* x_plane, const uint8_t* sw_plane, int64_t h,
-                        const int64_t* cols, const UnpoolShape& s, scalar_t* y_row) {
+                        const int64_t* cols, const PoolShape& s, scalar_t* y_row) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t kH = s.p.h.kernel, kW = s.p.w.kernel;
   int64_t rows[pool::kMaxWindow];
@@ -118,7 +118,7 @@ DECONVNET_EXT_TARGET_AVX2 int64_t unpool2x2_row_avx2(const float* x_row, const u
 #endif
 
 template <typename scalar_t>
-void unpool_nchw(const scalar_t* x, const uint8_t* sw, scalar_t* y, const UnpoolShape& s) {
+void unpool_nchw(const scalar_t* x, const uint8_t* sw, scalar_t* y, const PoolShape& s) {
   const int64_t planes = s.N * s.C, H = s.H, W = s.W, oH = s.oH, oW = s.oW;
   const int64_t kW = s.p.w.kernel;
   const std::vector<int64_t> cols = covering_table(W, oW, s.p.w);
@@ -185,7 +185,7 @@ constexpr int64_t kChannelBlock = 64;
 template <typename scalar_t>
 inline __attribute__((always_inline)) void unpool_pixels_cl(const scalar_t* x, const uint8_t* sw,
                                                             scalar_t* y, int64_t begin,
-                                                            int64_t end, const UnpoolShape& s,
+                                                            int64_t end, const PoolShape& s,
                                                             const int64_t* cols) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t C = s.C, kH = s.p.h.kernel, kW = s.p.w.kernel;
@@ -252,20 +252,20 @@ inline __attribute__((always_inline)) void unpool_pixels_cl(const scalar_t* x, c
 template <typename scalar_t>
 DECONVNET_EXT_TARGET_AVX2 void unpool_pixels_cl_avx2(const scalar_t* x, const uint8_t* sw,
                                                      scalar_t* y, int64_t begin, int64_t end,
-                                                     const UnpoolShape& s, const int64_t* cols) {
+                                                     const PoolShape& s, const int64_t* cols) {
   unpool_pixels_cl(x, sw, y, begin, end, s, cols);
 }
 #endif
 
 template <typename scalar_t>
 void unpool_pixels_cl_default(const scalar_t* x, const uint8_t* sw, scalar_t* y, int64_t begin,
-                              int64_t end, const UnpoolShape& s, const int64_t* cols) {
+                              int64_t end, const PoolShape& s, const int64_t* cols) {
   unpool_pixels_cl(x, sw, y, begin, end, s, cols);
 }
 
 template <typename scalar_t>
 void unpool_channels_last(const scalar_t* x, const uint8_t* sw, scalar_t* y,
-                          const UnpoolShape& s) {
+                          const PoolShape& s) {
   const std::vector<int64_t> cols = covering_table(s.W, s.oW, s.p.w);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(s.C, 1));
   bool avx2 = false;
@@ -288,7 +288,7 @@ at::Tensor max_unpool2d_with_switches_cpu(const at::Tensor& self, const at::Tens
                                           at::IntArrayRef padding, at::IntArrayRef dilation,
                                           at::IntArrayRef output_size) {
   constexpr const char* op = "max_unpool2d_with_switches";
-  const UnpoolShape s = pool::check_unpool_args(op, self, switches, kernel_size, stride,
+  const PoolShape s = pool::check_unpool_args(op, self, switches, kernel_size, stride,
                                                 padding, dilation, output_size);
   const c10::MemoryFormat fmt = pool::working_format(self);
   at::Tensor y = at::empty(pool::map_shape(s, s.H, s.W), self.options().memory_format(fmt));

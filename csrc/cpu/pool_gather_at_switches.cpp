@@ -24,7 +24,7 @@
 namespace deconvnet_ext {
 namespace {
 
-using pool::UnpoolShape;
+using pool::PoolShape;
 
 #if DECONVNET_EXT_X86_AVX2
 // Even / odd columns come out of _mm256_shuffle_ps in lane order
@@ -65,7 +65,7 @@ DECONVNET_EXT_TARGET_AVX2 int64_t gather2x2_row_avx2(const float* r0, const floa
 #endif
 
 template <typename scalar_t>
-void gather_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* out, const UnpoolShape& s) {
+void gather_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* out, const PoolShape& s) {
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(s.oW, 1));
   const pool::Axis &ah = s.p.h, &aw = s.p.w;
   [[maybe_unused]] const bool fast2x2 = cpu::has_avx2_fma() && ah.kernel == 2 && aw.kernel == 2 &&
@@ -97,7 +97,7 @@ void gather_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* out, const Unpo
 
 template <typename scalar_t>
 void gather_channels_last(const scalar_t* y, const uint8_t* sw, scalar_t* out,
-                          const UnpoolShape& s) {
+                          const PoolShape& s) {
   const int64_t C = s.C;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   at::parallel_for(0, s.N * s.oH * s.oW, grain, [&](int64_t begin, int64_t end) {
@@ -119,7 +119,7 @@ at::Tensor gather_at_switches_cpu(const at::Tensor& self, const at::Tensor& swit
                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                   at::IntArrayRef padding, at::IntArrayRef dilation) {
   constexpr const char* op = "gather_at_switches";
-  const UnpoolShape s =
+  const PoolShape s =
       pool::check_gather_args(op, self, switches, kernel_size, stride, padding, dilation);
   const c10::MemoryFormat fmt = pool::working_format(self);
   at::Tensor out = at::empty(pool::map_shape(s, s.oH, s.oW), self.options().memory_format(fmt));

@@ -21,6 +21,7 @@ namespace deconvnet_ext {
 namespace {
 
 using pool::PoolParams;
+using pool::PoolShape;
 using pool::TapRange;
 
 template <typename scalar_t, bool channels_last>
@@ -57,23 +58,20 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_switches_cuda(
     const at::Tensor& self, at::IntArrayRef kernel_size, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "max_pool2d_with_switches";
-  pool::check_float_map(op, "self", self);
-  const PoolParams p = pool::check_pool_params(op, kernel_size, stride, padding, dilation);
+  const PoolShape s = pool::check_pool_args(op, self, kernel_size, stride, padding, dilation,
+                                            ceil_mode);
   const c10::cuda::CUDAGuard guard(self.device());
-  const bool batched = self.dim() == 4;
-  const at::Tensor x4 = batched ? self : self.unsqueeze(0);
-  const int64_t N = x4.size(0), C = x4.size(1), H = x4.size(2), W = x4.size(3);
-  const auto [oH, oW] = pool::check_pooled_size(op, H, W, p, ceil_mode);
-  const c10::MemoryFormat fmt = pool::working_format(x4);
-  const std::vector<int64_t> shape =
-      batched ? std::vector<int64_t>{N, C, oH, oW} : std::vector<int64_t>{C, oH, oW};
-  at::Tensor out = at::empty(shape, x4.options().memory_format(fmt));
-  at::Tensor sw = at::empty(shape, x4.options().dtype(at::kByte).memory_format(fmt));
+  const PoolParams& p = s.p;
+  const int64_t C = s.C, H = s.H, W = s.W, oH = s.oH, oW = s.oW;
+  const c10::MemoryFormat fmt = pool::working_format(self);
+  const std::vector<int64_t> shape = pool::map_shape(s, oH, oW);
+  at::Tensor out = at::empty(shape, self.options().memory_format(fmt));
+  at::Tensor sw = at::empty(shape, self.options().dtype(at::kByte).memory_format(fmt));
   const int64_t total = out.numel();
   if (total == 0) {
     return {out, sw};
   }
-  const at::Tensor x = x4.contiguous(fmt);
+  const at::Tensor x = self.contiguous(fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
     if (fmt == c10::MemoryFormat::ChannelsLast) {
       max_pool_switches_kernel<scalar_t, true>

@@ -17,13 +17,13 @@
 namespace deconvnet_ext {
 namespace {
 
-using pool::UnpoolShape;
+using pool::PoolShape;
 
 template <typename scalar_t, bool channels_last>
 __global__ void max_unpool_switches_kernel(const scalar_t* __restrict__ x,
                                            const uint8_t* __restrict__ switches,
                                            scalar_t* __restrict__ y, int64_t total,
-                                           UnpoolShape s) {
+                                           PoolShape s) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -52,7 +52,7 @@ at::Tensor max_unpool2d_with_switches_cuda(const at::Tensor& self, const at::Ten
                                            at::IntArrayRef padding, at::IntArrayRef dilation,
                                            at::IntArrayRef output_size) {
   constexpr const char* op = "max_unpool2d_with_switches";
-  const UnpoolShape s = pool::check_unpool_args(op, self, switches, kernel_size, stride,
+  const PoolShape s = pool::check_unpool_args(op, self, switches, kernel_size, stride,
                                                 padding, dilation, output_size);
   const c10::cuda::CUDAGuard guard(self.device());
   const c10::MemoryFormat fmt = pool::working_format(self);

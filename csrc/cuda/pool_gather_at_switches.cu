@@ -16,13 +16,13 @@
 namespace deconvnet_ext {
 namespace {
 
-using pool::UnpoolShape;
+using pool::PoolShape;
 
 template <typename scalar_t, bool channels_last>
 __global__ void gather_at_switches_kernel(const scalar_t* __restrict__ y,
                                           const uint8_t* __restrict__ switches,
                                           scalar_t* __restrict__ out, int64_t total,
-                                          UnpoolShape s) {
+                                          PoolShape s) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const cuda::Coord o = cuda::decompose<channels_last>(idx, s.C, s.oH, s.oW);
@@ -37,7 +37,7 @@ at::Tensor gather_at_switches_cuda(const at::Tensor& self, const at::Tensor& swi
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation) {
   constexpr const char* op = "gather_at_switches";
-  const UnpoolShape s =
+  const PoolShape s =
       pool::check_gather_args(op, self, switches, kernel_size, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(self.device());
   const c10::MemoryFormat fmt = pool::working_format(self);
