@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .voc import Sample, check_annotation, read_rgb_image
+from .voc import Sample, check_annotation, checked_index, read_rgb_image, read_split_names
 
 
 def read_sbd_mat(path: str | Path, struct: str) -> np.ndarray:
@@ -54,17 +54,7 @@ class SBDSegmentation:
                 raise UserError(f"dataset root {str(root)!r} is not in the SBD layout: "
                                 f"{root / sub} is missing")
         self.root, self.split, self.num_classes = root, split, int(num_classes)
-        list_file = root / f"{split}.txt"
-        if not list_file.is_file():
-            raise UserError(f"split {split!r}: list file {list_file} not found")
-        self.names: list[str] = list_file.read_text().split()
-        if not self.names:
-            raise UserError(f"{list_file}: split list is empty")
-        for name in self.names:
-            for path in self._paths(name):
-                if not path.is_file():
-                    raise UserError(f"{path}: file not found (id {name!r} is listed in "
-                                    f"{list_file})")
+        self.names: list[str] = read_split_names(root / f"{split}.txt", split, self._paths)
 
     def _paths(self, name: str) -> tuple[Path, Path, Path]:
         return (self.root / "img" / f"{name}.jpg", self.root / "cls" / f"{name}.mat",
@@ -75,7 +65,7 @@ class SBDSegmentation:
 
     def load_annotation(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(label, instances), both uint8 (H, W)."""
-        name = self.names[index]
+        name = self.names[checked_index(index, len(self))]
         _, cls_path, inst_path = self._paths(name)
         label = read_sbd_mat(cls_path, "GTcls")
         instances = read_sbd_mat(inst_path, "GTinst")
@@ -83,9 +73,7 @@ class SBDSegmentation:
         return label, instances
 
     def __getitem__(self, index: int) -> Sample:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        index %= len(self)
+        index = checked_index(index, len(self))
         name = self.names[index]
         image_path, cls_path, _ = self._paths(name)
         label, instances = self.load_annotation(index)

@@ -14,7 +14,7 @@ silently skipped.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -60,6 +60,37 @@ def check_annotation(label: np.ndarray, instances: np.ndarray, label_path: str |
                         f"0..{num_classes - 1} or {IGNORE_INDEX}")
 
 
+def read_split_names(list_file: Path, split: str,
+                     paths_of: Callable[[str], Iterable[Path]]) -> list[str]:
+    """The ids of a split list file, refusing an unreadable or empty list, a repeated
+    id, or an id whose files (``paths_of(id)``) are missing, with the file named.
+    Every file is checked up front: a missing one should fail now, not mid-training."""
+    if not list_file.is_file():
+        raise UserError(f"split {split!r}: list file {list_file} not found")
+    try:
+        names = list_file.read_text().split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{list_file}: cannot read split list ({exc})") from exc
+    if not names:
+        raise UserError(f"{list_file}: split list is empty")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"{list_file}: id {dup!r} is listed more than once")
+    for name in names:
+        for path in paths_of(name):
+            if not path.is_file():
+                raise UserError(f"{path}: file not found (id {name!r} is listed in "
+                                f"{list_file})")
+    return names
+
+
+def checked_index(index: int, length: int) -> int:
+    """``index`` in 0..length-1 (negative counts from the end), or IndexError."""
+    if not -length <= index < length:
+        raise IndexError(f"index {index} out of range for {length} samples")
+    return index % length
+
+
 def resolve_voc_root(root: str | Path) -> Path:
     """Accept either .../VOC2012 or the VOCdevkit folder that contains it."""
     root = Path(root)
@@ -87,24 +118,7 @@ class VOCSegmentation:
         self.split = split
         self.num_classes = int(num_classes)
         list_file = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if not list_file.is_file():
-            raise UserError(f"split {split!r}: list file {list_file} not found")
-        try:
-            lines = list_file.read_text().split()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"{list_file}: cannot read split list ({exc})") from exc
-        self.names: list[str] = lines
-        if not self.names:
-            raise UserError(f"{list_file}: split list is empty")
-        if len(set(self.names)) != len(self.names):
-            dup = next(n for n in self.names if self.names.count(n) > 1)
-            raise UserError(f"{list_file}: id {dup!r} is listed more than once")
-        # Check every file up front: a missing file should fail now, not mid-training.
-        for name in self.names:
-            for path in self._paths(name):
-                if not path.is_file():
-                    raise UserError(f"{path}: file not found (id {name!r} is listed in "
-                                    f"{list_file})")
+        self.names: list[str] = read_split_names(list_file, split, self._paths)
 
     def _paths(self, name: str) -> tuple[Path, Path, Path]:
         return (self.root / "JPEGImages" / f"{name}.jpg",
@@ -115,9 +129,7 @@ class VOCSegmentation:
         return len(self.names)
 
     def _index(self, index: int) -> int:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        return index % len(self)
+        return checked_index(index, len(self))
 
     def load_annotation(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(label, instances), both uint8 (H, W), without decoding the image."""
