@@ -13,6 +13,9 @@
 #ifndef DECONVNET_EXT_TORCH_VERSION
 #define DECONVNET_EXT_TORCH_VERSION "unknown"
 #endif
+#ifndef DECONVNET_EXT_TORCH_CUDA_VERSION
+#define DECONVNET_EXT_TORCH_CUDA_VERSION ""  // torch.version.cuda at build time; "" = CPU torch
+#endif
 #ifndef DECONVNET_EXT_CUDA_ARCH_LIST
 #define DECONVNET_EXT_CUDA_ARCH_LIST ""
 #endif
@@ -29,9 +32,10 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["cuda_arch_list"] = std::string(DECONVNET_EXT_CUDA_ARCH_LIST);
     info["torch_version"] = DECONVNET_EXT_TORCH_VERSION;
+    info["torch_cuda_version"] = std::string(DECONVNET_EXT_TORCH_CUDA_VERSION);
     info["cpu_avx2_fma"] = deconvnet_ext::cpu::has_avx2_fma();
     return info;
   }, "How this build of deconvnet_ext was compiled: version, CUDA kernels or not, "
-     "CUDA arch list, torch version built against, and whether this CPU takes "
+     "CUDA arch list, torch version (and its CUDA version) built against, and whether this CPU takes "
      "the AVX2/FMA paths.");
 }

@@ -13,5 +13,5 @@ except ImportError as exc:  # pragma: no cover - only on a broken install
 
 def build_info() -> dict:
     """How this build was compiled: {'version', 'with_cuda', 'cuda_arch_list',
-    'torch_version', 'cpu_avx2_fma'}."""
+    'torch_version', 'torch_cuda_version', 'cpu_avx2_fma'}."""
     return dict(_C.build_info())
