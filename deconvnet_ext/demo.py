@@ -171,6 +171,7 @@ def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage
 def run_demo(args: argparse.Namespace) -> dict:
     """The demo's work; returns the results dict also written to results.json."""
     from .data.voc import VOCSegmentation
+    from .diagnostics import diagnostics_markdown, run_diagnostics
     from .errors import UserError
     from .evaluate import evaluate_dataset, markdown_table, write_results
     from .infer import default_device, inference_config_from_args
@@ -221,6 +222,12 @@ def run_demo(args: argparse.Namespace) -> dict:
     timings["inference_s"] = result.seconds
     timings["inference_s_per_image"] = result.seconds / max(1, result.num_images)
 
+    # Where the points go: the network with perfect boxes, the proposals' recall, the
+    # network alone on crops (deconvnet_ext.diagnostics).
+    t = time.perf_counter()
+    diagnostics = run_diagnostics(val, deconvnet, config, limit=sizes["val_limit"])
+    timings["diagnostics_s"] = time.perf_counter() - t
+
     _stage("4/4 results")
     save_overlay_grid(out / "overlay_grid.png", result.examples)
     timings["total_s"] = time.perf_counter() - wall_start
@@ -230,11 +237,20 @@ def run_demo(args: argparse.Namespace) -> dict:
         "machine": platform.platform(), "torch": torch.__version__,
         "sizes": sizes, "training": train_info, "timings": timings,
         "paper_mean_iu": PAPER_MEAN_IU, "config": _config_dict(config),
+        "diagnostics": diagnostics,
     }
     write_results(out, result, extra=extra, paper=PAPER_MEAN_IU)
+    deconv_cm = result.confusion.get("DeconvNet")
+    why = diagnostics_markdown(diagnostics, train_info,
+                               100 * deconv_cm.mean_iou() if deconv_cm else None)
+    with open(out / "results.md", "a") as f:
+        f.write("\n## Where the points go\n\n" + why + "\n")
     print(f"{result.num_images} validation images of {root}; mean IU and per-class IoU "
           f"in percent (the paper's column is VOC 2012 test, for reference):\n")
     print(markdown_table(result, PAPER_MEAN_IU))
+    print("\nWhere the points go (oracle: ground-truth boxes instead of proposals; recall "
+          "at IoU 0.5 / 0.7):\n")
+    print(why)
     print(f"\nwrote {out / 'results.md'}, {out / 'results.json'}, {mask_dir}/*.png, "
           f"{out / 'overlay_grid.png'}")
     print("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in timings.items()

@@ -1,0 +1,176 @@
+"""Where the instance-wise pipeline loses its points (the demo's second table).
+
+The paper's table says how good each method is; these say why DeconvNet scores what it
+does, by taking one stage of the pipeline out at a time:
+
+- **oracle boxes**: DeconvNet with the ground-truth instance boxes (plus the usual
+  context) instead of proposals -- the network's upper bound once proposals are perfect.
+  A low oracle means the network is the bottleneck; a big gap to the DeconvNet row means
+  the proposals (missed objects, or background proposals turned false positives) are.
+- **proposal recall** at IoU 0.5 and 0.7, by object size (box area in pixels): the
+  fraction of ground-truth instances some proposal finds. What is not found cannot be
+  segmented.
+- **crop mean IU**: the network alone on stage-1-style crops of the val instances
+  (centred, 1.2x box, no mirror) -- no aggregation, no proposals.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .infer import InferenceConfig, deconvnet_scores, proposal_boxes, segment_crops
+from .metrics import ConfusionMatrix
+from .proposals import add_context, box_iou
+
+# (name, lowest box area, highest box area) in pixels; COCO's small/medium/large split
+# at 32^2 and 96^2, with the smallest objects (< 16^2) apart.
+SIZE_BUCKETS = (("< 16²", 0, 16 ** 2), ("16²-32²", 16 ** 2, 32 ** 2),
+                ("32²-96²", 32 ** 2, 96 ** 2), ("≥ 96²", 96 ** 2, float("inf")))
+RECALL_IOUS = (0.5, 0.7)
+
+
+def _gt_records(sample):
+    from .data.voc import instance_records
+    return instance_records(sample.label, sample.instances, sample.name)
+
+
+def proposal_recall(dataset, config: InferenceConfig, limit: Optional[int] = None) -> dict:
+    """Recall of ``config``'s proposals (before context padding) over ``dataset``'s
+    instances: {"overall": {"0.5": r, "0.7": r}, "by_size": {bucket: {"instances": n,
+    "0.5": r, "0.7": r}}, "proposals_per_image": mean}."""
+    raw = dataclasses.replace(config, context=1.0)
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    best_iou: List[float] = []
+    areas: List[float] = []
+    counts = []
+    for i in range(total):
+        sample = dataset[i]
+        records = _gt_records(sample)
+        boxes = proposal_boxes(sample.image, raw).numpy()
+        counts.append(len(boxes))
+        if not records:
+            continue
+        gt = np.asarray([box for _, box, _ in records], np.float64)
+        iou = box_iou(gt, boxes.astype(np.float64))
+        best_iou += iou.max(axis=1).tolist()
+        areas += ((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1])).tolist()
+    best, area = np.asarray(best_iou), np.asarray(areas)
+
+    def recall(mask):
+        return {f"{t}": (float((best[mask] >= t).mean()) if mask.any() else None)
+                for t in RECALL_IOUS}
+    out = {"instances": int(best.size), "overall": recall(np.ones(best.size, bool)),
+           "by_size": {}, "proposals_per_image": float(np.mean(counts)) if counts else 0.0}
+    for name, lo, hi in SIZE_BUCKETS:
+        mask = (area >= lo) & (area < hi)
+        out["by_size"][name] = {"instances": int(mask.sum()), **recall(mask)}
+    return out
+
+
+def oracle_confusion(dataset, deconvnet: torch.nn.Module, config: InferenceConfig,
+                     limit: Optional[int] = None, images_per_step: int = 4) -> ConfusionMatrix:
+    """DeconvNet with ground-truth boxes (context as in ``config``) instead of proposals;
+    an image without instances gets the whole image as its one box."""
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    cm = ConfusionMatrix(deconvnet.num_classes)
+    for first in range(0, total, images_per_step):
+        samples = [dataset[i] for i in range(first, min(first + images_per_step, total))]
+        boxes = []
+        for sample in samples:
+            height, width = sample.label.shape
+            gt = np.asarray([box for _, box, _ in _gt_records(sample)], np.int64).reshape(-1, 4)
+            if len(gt) == 0:
+                gt = np.asarray([[0, 0, width, height]], np.int64)
+            elif config.context != 1.0:
+                gt = np.asarray(add_context(gt, (height, width), config.context), np.int64)
+            boxes.append(torch.as_tensor(gt, dtype=torch.int64).reshape(-1, 4))
+        scores = deconvnet_scores(deconvnet, [s.image for s in samples], boxes, config)
+        for sample, score in zip(samples, scores):
+            cm.update(sample.label, score.argmax(dim=0).cpu().numpy().astype(np.uint8))
+    return cm
+
+
+def crop_confusion(dataset, deconvnet: torch.nn.Module, batch_size: int = 64) -> ConfusionMatrix:
+    """The network alone on stage-1-style crops of ``dataset``'s instances (no mirror,
+    fixed centre window): its segmentation quality without proposals or aggregation."""
+    from .data.crops import InstanceCrops
+    crops = InstanceCrops(dataset, deconvnet.input_size, stage=1, mirror=False, seed=0,
+                          progress=False)
+    cm = ConfusionMatrix(deconvnet.num_classes)
+    for start in range(0, len(crops), batch_size):
+        items = [crops[i] for i in range(start, min(start + batch_size, len(crops)))]
+        images = torch.stack([image for image, _ in items])
+        labels = torch.stack([label for _, label in items])
+        scores = segment_crops(deconvnet, images, batch_size)
+        cm.update(labels.numpy(), scores.argmax(dim=1).numpy())
+    return cm
+
+
+def run_diagnostics(dataset, deconvnet: torch.nn.Module, config: InferenceConfig,
+                    limit: Optional[int] = None) -> dict:
+    """All three measurements, JSON-ready (percent for mean IU, fractions for recall)."""
+    oracle = oracle_confusion(dataset, deconvnet, config, limit)
+    crop = crop_confusion(dataset if limit is None else _Head(dataset, limit), deconvnet)
+    return {"oracle_boxes_mean_iu": 100 * oracle.mean_iou(),
+            "oracle_boxes_pixel_acc": 100 * oracle.pixel_accuracy(),
+            "crop_mean_iu": 100 * crop.mean_iou(),
+            "recall": proposal_recall(dataset, config, limit)}
+
+
+class _Head:
+    """The first ``n`` samples of a dataset (with its load_annotation / names)."""
+
+    def __init__(self, dataset, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+        self.names = list(getattr(dataset, "names", range(len(dataset))))[:self.n]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.dataset[i]
+
+    def load_annotation(self, i):
+        return self.dataset.load_annotation(i)
+
+
+def diagnostics_markdown(diag: dict, training: Optional[Dict[str, dict]] = None,
+                         deconvnet_mean_iu: Optional[float] = None) -> str:
+    """The demo's second table: where the points go (and training, per stage)."""
+    lines = ["| diagnostic | value |", "|---|---|"]
+    if deconvnet_mean_iu is not None:
+        lines.append(f"| DeconvNet (proposals), mean IU | {deconvnet_mean_iu:.1f} |")
+    lines.append(f"| DeconvNet with ground-truth boxes (oracle), mean IU | "
+                 f"{diag['oracle_boxes_mean_iu']:.1f} |")
+    lines.append(f"| DeconvNet on stage-1 val crops, crop mean IU | {diag['crop_mean_iu']:.1f} |")
+    rec = diag["recall"]
+    lines.append(f"| proposal recall @0.5 / @0.7 ({rec['instances']} instances, "
+                 f"{rec['proposals_per_image']:.0f} proposals/image) | "
+                 f"{_pct(rec['overall']['0.5'])} / {_pct(rec['overall']['0.7'])} |")
+    for name, row in rec["by_size"].items():
+        lines.append(f"| &nbsp; recall, box area {name} ({row['instances']} instances) | "
+                     f"{_pct(row['0.5'])} / {_pct(row['0.7'])} |")
+    if training:
+        lines += ["", "| training stage | steps | seconds | loss first → last |",
+                  "|---|---:|---:|---|"]
+        for stage, row in training.items():
+            if not isinstance(row, dict) or "steps" not in row:
+                continue
+            first, last = row.get("loss_first"), row.get("loss_last")
+            loss = (f"{first:.3f} → {last:.3f}" if first is not None and last is not None
+                    else "-")
+            lines.append(f"| {stage} | {row['steps']} | {row['seconds']:.0f} | {loss} |")
+    return "\n".join(lines)
+
+
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+__all__: Sequence[str] = ("proposal_recall", "oracle_confusion", "crop_confusion",
+                          "run_diagnostics", "diagnostics_markdown", "SIZE_BUCKETS")
