@@ -42,6 +42,7 @@ DECONVNET_LR = 0.05
 FCN_BATCH_SIZE = 8          # whole images per step
 FCN_LR = 0.01
 FCN_MAX_TRAIN_SIZE = 512
+DEMO_MIN_SIZE = 0           # --min-size default of the demo (see add_cli_arguments)
 MASK_VARIANT_ORDER = ("EDeconvNet+CRF", "EDeconvNet", "DeconvNet+CRF", "DeconvNet", "FCN-8s")
 
 
@@ -79,6 +80,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip training when OUT/checkpoints already holds the models")
     parser.add_argument("--no-crf", action="store_true", help="skip the +CRF rows")
     add_inference_arguments(parser)
+    # The original's minimum proposal size (112 px at 500 px, 36 px here) drops every
+    # synthetic object under it: min size 0 raised recall at IoU 0.5 from 0.36 to 0.55
+    # and DeconvNet from 10.0 to 11.5 mean IU at the same cost (issue 10's measurement).
+    parser.set_defaults(min_size=DEMO_MIN_SIZE)
 
 
 def _sizes(args: argparse.Namespace) -> dict:
