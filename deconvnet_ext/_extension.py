@@ -4,6 +4,18 @@ import torch  # noqa: F401  (loads libc10 / libtorch before our extension)
 try:
     from . import _C  # noqa: F401  (import runs the TORCH_LIBRARY registrations)
 except ImportError as exc:  # pragma: no cover - only on a broken install
+    import glob
+    import os
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if (os.path.isfile(os.path.join(_here, os.pardir, "setup.py"))
+            and not glob.glob(os.path.join(_here, "_C*"))):
+        # `pip install .` then `python` in the checkout: the unbuilt source tree on
+        # sys.path (the current directory) hides the installed package.
+        raise ImportError(
+            f"deconvnet_ext was imported from its source checkout ({_here}), which holds "
+            "no compiled _C: run Python from another directory to use the installed "
+            "package, or install in place with `pip install --no-build-isolation -e .`"
+        ) from exc
     raise ImportError(
         "deconvnet_ext's compiled ops could not be loaded "
         f"({exc}). Build them against the torch you run with: "
