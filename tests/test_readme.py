@@ -12,7 +12,7 @@ def _bash_blocks(text: str) -> list:
 def test_readme_test_command_is_the_one_ci_runs():
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
                 if line.strip().startswith("pip install")]
-    assert ci_lines == ['pip install "torch>=2.11" setuptools wheel ninja numpy && '
+    assert ci_lines == ['pip install "torch>=2.11" setuptools wheel ninja numpy cython && '
                         'pip install --no-build-isolation -e ".[test]" && python -m pytest']
     blocks = _bash_blocks((ROOT / "README.md").read_text())
     assert ci_lines[0] in blocks
@@ -20,7 +20,7 @@ def test_readme_test_command_is_the_one_ci_runs():
 
 def test_readme_demo_command_installs_and_runs_the_demo():
     blocks = _bash_blocks((ROOT / "README.md").read_text())
-    assert ('pip install "torch>=2.11" setuptools wheel ninja numpy && '
+    assert ('pip install "torch>=2.11" setuptools wheel ninja numpy cython && '
             'pip install --no-build-isolation ".[demo]" && deconvnet demo') in blocks
 
 
