@@ -131,6 +131,34 @@ def test_stage2_selective_search_items_are_cached(dataset, tmp_path):
     assert image.shape == (3, S, S) and label.dtype == torch.int64
 
 
+def test_stage2_negatives_are_background_proposals(dataset, tmp_path):
+    small = VOCSegmentation(dataset.root, "train")
+    small.names = small.names[:3]
+    plain = InstanceCrops(small, S, stage=2, cache_dir=tmp_path, progress=False)
+    mixed = InstanceCrops(small, S, stage=2, cache_dir=tmp_path, progress=False,
+                          negatives=0.5, negative_iou=0.3)
+    assert len(list(tmp_path.glob("stage2_selective_search_*.npy"))) == 2  # own cache keys
+    positive, negative = mixed.items[mixed.items[:, 6] >= 0], mixed.items[mixed.items[:, 6] < 0]
+    np.testing.assert_array_equal(positive, plain.items)   # the positives are unchanged
+    assert 0 < len(negative) <= round(0.5 * len(positive))
+    records = _all_records(small)
+    for row in negative:
+        gt = np.array([b for _, b, _ in records[row[0]]])
+        assert row[5] == 0 and box_iou(row[None, 1:5], gt).max() < 0.3
+    # a negative is used once per epoch (not oversampled as a rare "class 0")
+    order_rows = mixed.items[mixed.order]
+    assert (order_rows[:, 6] < 0).sum() == len(negative)
+    k = int(np.flatnonzero(mixed.items[mixed.order, 6] < 0)[0])
+    image, label = mixed[k]
+    assert image.shape == (3, S, S)
+    assert set(label.unique().tolist()) <= set(range(21)) | {IGNORE_INDEX}
+    again = InstanceCrops(small, S, stage=2, cache_dir=tmp_path, progress=False,
+                          negatives=0.5, negative_iou=0.3)
+    np.testing.assert_array_equal(again.items, mixed.items)
+    with pytest.raises(ValueError, match="negatives"):
+        InstanceCrops(small, S, stage=2, cache_dir=tmp_path, progress=False, negatives=-1)
+
+
 def test_bad_arguments(dataset):
     with pytest.raises(ValueError, match="stage"):
         InstanceCrops(dataset, S, stage=3)

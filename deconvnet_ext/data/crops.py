@@ -60,14 +60,19 @@ class InstanceCrops(torch.utils.data.Dataset):
     proposals ("selective_search" | "jitter"), max_proposals, min_size (None = the
     original 112 px scaled to the image; see proposals.scaled_min_size, divided by 4
     here so that stage 2 also trains on small and thin objects), iou_threshold,
-    oversample, max_repeat, cache_dir: stage 2 only."""
+    oversample, max_repeat, cache_dir, negatives, negative_iou: stage 2 only.
+    negatives: background proposals (best IoU with every instance < negative_iou) added
+    as this fraction of the positive crops (0: none, the original), labelled like every
+    stage-2 crop, so stage 2 also learns to answer "background" for a crop that holds
+    no object -- what max aggregation needs, since every proposal votes."""
 
     def __init__(self, dataset: VOCSegmentation, input_size: int, stage: int = 1, *,
                  enlarge: float = 1.2, mirror: bool = True, seed: int | None = None,
                  proposals: str = "selective_search", max_proposals: int = 200,
                  min_size: int | None = None, iou_threshold: float = 0.5,
                  oversample: bool = True, max_repeat: int = 8,
-                 cache_dir: str | Path | None = None, progress: bool = True) -> None:
+                 cache_dir: str | Path | None = None, progress: bool = True,
+                 negatives: float = 0.0, negative_iou: float = 0.3) -> None:
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
         if int(input_size) < 8:
@@ -82,6 +87,9 @@ class InstanceCrops(torch.utils.data.Dataset):
         self.proposal_seed = 0 if seed is None else int(seed)
         self.epoch = 0
         self.progress = progress
+        if not 0.0 <= float(negatives) <= 10.0:
+            raise ValueError(f"negatives must be in [0, 10], got {negatives!r}")
+        self.negatives, self.negative_iou = float(negatives), float(negative_iou)
         # items: int64 (K, 7) rows of sample index, box x0 y0 x1 y1, class, instance id
         if stage == 1:
             self.items = self._instance_items()
@@ -115,6 +123,7 @@ class InstanceCrops(torch.utils.data.Dataset):
     def _proposal_items(self, method: str, max_proposals: int, min_size: int | None,
                         iou_threshold: float, cache_dir) -> np.ndarray:
         key = {"v": _CACHE_VERSION, "method": method, "max": max_proposals,
+               "negatives": self.negatives, "negative_iou": self.negative_iou,
                "min_size": min_size, "iou": iou_threshold, "seed": self.proposal_seed,
                "root": str(getattr(self.dataset, "root", "")),
                "files": self._files_fingerprint()}
@@ -122,7 +131,7 @@ class InstanceCrops(torch.utils.data.Dataset):
         cache = Path(cache_dir) / f"stage2_{method}_{digest}.npy" if cache_dir else None
         if cache is not None and cache.is_file():
             return np.load(cache, allow_pickle=False)
-        rows = []
+        rows, background = [], []
         from tqdm import tqdm
         for i in tqdm(range(len(self.dataset)), desc=f"stage-2 proposals ({method})",
                       unit="img", disable=not self.progress):
@@ -151,6 +160,13 @@ class InstanceCrops(torch.utils.data.Dataset):
             for box, j in zip(boxes[keep], best[keep]):
                 inst_id, _, cls = records[j]
                 rows.append([i, *box.tolist(), cls, inst_id])
+            far = iou[np.arange(len(boxes)), best] < self.negative_iou
+            background += [[i, *box.tolist(), 0, -1] for box in boxes[far]]
+        count = min(len(background), int(round(self.negatives * len(rows))))
+        if count:  # a seeded choice, so the cache and every run agree
+            pick = np.random.default_rng([self.proposal_seed, 3]).choice(
+                len(background), count, replace=False)
+            rows += [background[k] for k in np.sort(pick)]
         items = np.asarray(rows, np.int64).reshape(-1, 7)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -195,11 +211,13 @@ class InstanceCrops(torch.utils.data.Dataset):
 
     def _oversampled_order(self, max_repeat: int) -> np.ndarray:
         classes = self.items[:, 5]
-        counts = np.bincount(classes)
+        positive = self.items[:, 6] >= 0  # background proposals (instance -1) stay once
+        counts = np.bincount(classes[positive], minlength=int(classes.max()) + 1)
         most = counts.max()
         # repeat rare classes towards the most frequent one's count, at most max_repeat x
         repeat = np.clip(np.round(most / np.maximum(counts, 1)), 1, max(1, max_repeat))
-        return np.repeat(np.arange(len(self.items)), repeat[classes].astype(np.int64))
+        times = np.where(positive, repeat[classes], 1).astype(np.int64)
+        return np.repeat(np.arange(len(self.items)), times)
 
     # ---- Dataset protocol ------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
