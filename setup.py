@@ -106,6 +106,7 @@ setup(
     version=read_version(),
     **license_metadata(),
     packages=find_packages(include=["deconvnet_ext", "deconvnet_ext.*"]),
+    package_data={"deconvnet_ext": ["weights/*.pt"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

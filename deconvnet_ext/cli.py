@@ -23,6 +23,9 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
              "the whole paper on a synthetic (or real) VOC dataset: train, infer, table"),
     "synth": ("deconvnet_ext.data.synthetic",
               "write a synthetic dataset in the VOC2012 layout"),
+    "pretrain": ("deconvnet_ext.pretrain",
+                 "pre-train the tiny encoder on a separate synthetic set (the demo's "
+                 "ImageNet stand-in)"),
     "train": ("deconvnet_ext.train", "train DeconvNet (two stages) or FCN-8s"),
     "predict": ("deconvnet_ext.predict", "segment images with trained checkpoints"),
     "eval": ("deconvnet_ext.evaluate", "mean IU / per-class IoU on a VOC-format split"),

@@ -43,6 +43,7 @@ FCN_BATCH_SIZE = 8          # whole images per step
 FCN_LR = 0.01
 FCN_MAX_TRAIN_SIZE = 512
 DEMO_MIN_SIZE = 0           # --min-size default of the demo (see add_cli_arguments)
+DEMO_STAGE2_NEGATIVES = 0.0  # --stage2-negatives default (see add_cli_arguments)
 MASK_VARIANT_ORDER = ("EDeconvNet+CRF", "EDeconvNet", "DeconvNet+CRF", "DeconvNet", "FCN-8s")
 
 
@@ -74,6 +75,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vgg-weights", default=None,
                         help="local torchvision vgg16 / vgg16_bn state-dict file to "
                              "initialise the encoders (arch vgg16; nothing is downloaded)")
+    parser.add_argument("--encoder", default=None,
+                        help="encoder initialisation of both networks: 'shipped' (default for "
+                             "arch tiny: the package's encoder, pre-trained by `deconvnet "
+                             "pretrain` on a separate synthetic set, the paper's ImageNet "
+                             "stand-in), 'none' (from scratch), or a `deconvnet pretrain` file")
+    parser.add_argument("--stage2-negatives", type=float, default=DEMO_STAGE2_NEGATIVES,
+                        help="stage 2 also trains on background proposals (IoU < 0.3 with "
+                             "every object), this many per positive crop (default "
+                             "%(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument("--reuse-checkpoints", action="store_true",
@@ -134,10 +144,12 @@ def _loss_summary(losses) -> dict:
 
 def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage2_steps: int,
                       fcn_steps: int, device: torch.device, seed: int, reuse: bool = False,
-                      progress: bool = True, vgg_weights: Optional[str] = None):
+                      progress: bool = True, vgg_weights: Optional[str] = None,
+                      encoder: Optional[Path] = None, stage2_negatives: float = 0.0):
     """Train DeconvNet (stage 1, stage 2) and FCN-8s on ``root``'s train split (SGD,
     momentum 0.9, wd 0.0005, step decay; lr and batch as set above); checkpoints go
-    to ``out``. Returns (deconvnet, fcn8s, info) with the models in eval mode."""
+    to ``out``; both start from ``encoder`` when given (the same file). Returns
+    (deconvnet, fcn8s, info) with the models in eval mode."""
     from .infer import load_models
     from .train import TrainConfig, train_deconvnet, train_fcn
 
@@ -152,7 +164,8 @@ def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage
     info = {}
     summary = train_deconvnet(root, out, arch=arch, stage1_steps=stage1_steps,
                               stage2_steps=stage2_steps, config=config,
-                              vgg_weights=vgg_weights)
+                              vgg_weights=vgg_weights, encoder=encoder,
+                              crop_options={"negatives": stage2_negatives})
     # FCN-8s trains on whole images at the size it will see at inference (the longer
     # side of the data's images, capped for CPU memory), so train and test scales agree.
     from .data.voc import VOCSegmentation
@@ -160,7 +173,7 @@ def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage
     train_split = VOCSegmentation(root, "train")
     fcn_size = min(FCN_MAX_TRAIN_SIZE, max(train_split[0].image.shape[:2]))
     fcn_summary = train_fcn(WholeImages(train_split, fcn_size), out, arch=arch,
-                            steps=fcn_steps, vgg_weights=vgg_weights,
+                            steps=fcn_steps, vgg_weights=vgg_weights, encoder=encoder,
                             config=dataclasses.replace(config, batch_size=FCN_BATCH_SIZE,
                                                            lr=FCN_LR))
     for name, result in zip(("deconvnet_stage1", "deconvnet_stage2", "fcn8s"),
@@ -172,6 +185,21 @@ def train_demo_models(root: Path, out: Path, arch: str, stage1_steps: int, stage
               f"{losses['first']:.3f} -> {losses['last']:.3f}")
     deconvnet, fcn = load_models(str(summary.path), str(fcn_summary.path), device)
     return deconvnet, fcn, info
+
+
+def demo_encoder(args: argparse.Namespace):
+    """(encoder file or None, its pre-training meta or None): --encoder, defaulting to
+    the shipped tiny encoder for arch tiny (from scratch for vgg16, which has
+    --vgg-weights)."""
+    from .pretrain import read_encoder_file, resolve_encoder
+    choice = args.encoder if args.encoder is not None else (
+        "shipped" if args.arch == "tiny" else "none")
+    path = resolve_encoder(choice)
+    if path is None:
+        return None, None
+    meta = dict(read_encoder_file(path)["meta"])
+    meta["file"] = "shipped" if choice == "shipped" else str(path)
+    return path, meta
 
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -205,10 +233,16 @@ def run_demo(args: argparse.Namespace) -> dict:
     timings["data_s"] = time.perf_counter() - t
 
     t = _stage("2/4 training (DeconvNet stage 1, stage 2; FCN-8s)")
+    encoder, encoder_info = demo_encoder(args)
+    if encoder_info:
+        print(f"encoder of both networks: {encoder_info['file']} (pre-trained "
+              f"{encoder_info['steps']} steps on {encoder_info['num_images']} images of "
+              f"synthetic seed {encoder_info['data_seed']}, {encoder_info['seconds']:.0f} s)")
     deconvnet, fcn, train_info = train_demo_models(
         root, out / "checkpoints", arch=args.arch, stage1_steps=sizes["stage1_steps"],
         stage2_steps=sizes["stage2_steps"], fcn_steps=sizes["fcn_steps"], device=device,
-        seed=args.seed, reuse=args.reuse_checkpoints, vgg_weights=args.vgg_weights)
+        seed=args.seed, reuse=args.reuse_checkpoints, vgg_weights=args.vgg_weights,
+        encoder=encoder, stage2_negatives=args.stage2_negatives)
     timings["train_s"] = time.perf_counter() - t
 
     t = _stage("3/4 instance-wise inference and evaluation on the validation split")
@@ -243,7 +277,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         "machine": platform.platform(), "torch": torch.__version__,
         "sizes": sizes, "training": train_info, "timings": timings,
         "paper_mean_iu": PAPER_MEAN_IU, "config": _config_dict(config),
-        "diagnostics": diagnostics,
+        "diagnostics": diagnostics, "encoder": encoder_info,
     }
     write_results(out, result, extra=extra, paper=PAPER_MEAN_IU)
     deconv_cm = result.confusion.get("DeconvNet")

@@ -40,6 +40,7 @@ from .distributed import (DistContext, all_reduce_mean, cleanup_distributed,
                           convert_sync_batchnorm, setup_distributed)
 from .errors import UserError
 from .model import DeconvNet, FCN8s
+from .pretrain import load_encoder, resolve_encoder
 
 IGNORE_INDEX = 255
 OnStep = Callable[[str, int, nn.Module, float], None]
@@ -466,7 +467,8 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
                     stage2_steps: int = 300, config: Optional[TrainConfig] = None,
                     split: str = "train", vgg_weights: Optional[Union[str, Path]] = None,
                     crop_options: Optional[Dict[str, Any]] = None, resume: bool = False,
-                    on_step: Optional[OnStep] = None) -> TrainSummary:
+                    on_step: Optional[OnStep] = None,
+                    encoder: Optional[Union[str, Path]] = None) -> TrainSummary:
     """DeconvNet's two-stage training.
 
     data: a VOC root (read with data.voc.VOCSegmentation(root, split)), a VOC-style
@@ -476,7 +478,8 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     weights with a fresh optimizer. Shared settings come from ``config`` (its ``steps``
     is replaced by stage1_steps / stage2_steps). ``crop_options`` go to InstanceCrops
     (default cache_dir: out_dir/proposal_cache). Writes out_dir/stage1/, out_dir/stage2/
-    and the final out_dir/deconvnet.pt."""
+    and the final out_dir/deconvnet.pt. ``encoder``: a ``deconvnet pretrain`` file whose
+    encoder (convs, fc6, fc7) initialises the network (after ``vgg_weights``)."""
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     ctx = setup_distributed(config.device)
@@ -484,6 +487,8 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     model = DeconvNet(num_classes=num_classes, arch=arch, pool_impl=pool_impl)
     if vgg_weights is not None:
         model.load_vgg16(vgg_weights)
+    if encoder is not None:
+        load_encoder(model, encoder)
     if isinstance(data, (tuple, list)):
         stage_data = list(data)
     else:
@@ -511,11 +516,13 @@ def train_fcn(data: Union[str, Path, Dataset], out_dir: Union[str, Path], *, arc
               num_classes: int = 21, steps: int = 300, image_size: Optional[int] = None,
               config: Optional[TrainConfig] = None, split: str = "train",
               vgg_weights: Optional[Union[str, Path]] = None, resume: bool = False,
-              on_step: Optional[OnStep] = None) -> TrainSummary:
+              on_step: Optional[OnStep] = None,
+              encoder: Optional[Union[str, Path]] = None) -> TrainSummary:
     """FCN-8s on whole images: a VOC root or VOC-style dataset (wrapped in WholeImages of
     ``image_size``, default twice the arch's crop size), or a ready dataset of
     (image, label) pairs (used as is). Writes out_dir/fcn/ and the final
-    out_dir/fcn8s.pt."""
+    out_dir/fcn8s.pt. ``encoder``: as for train_deconvnet (the same file gives both
+    networks the same encoder)."""
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     ctx = setup_distributed(config.device)
@@ -523,6 +530,8 @@ def train_fcn(data: Union[str, Path, Dataset], out_dir: Union[str, Path], *, arc
     model = FCN8s(num_classes=num_classes, arch=arch)
     if vgg_weights is not None:
         model.load_vgg16(vgg_weights)
+    if encoder is not None:
+        load_encoder(model, encoder)
     dataset = _voc(data, split)
     if len(dataset) and hasattr(dataset[0], "image"):  # VOC samples, not ready pairs
         dataset = WholeImages(dataset, image_size or 2 * model.input_size)
@@ -565,6 +574,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "jittered ground-truth boxes (fast)")
     parser.add_argument("--vgg-weights", default=None,
                         help="local torchvision vgg16 / vgg16_bn state-dict file for the encoder")
+    parser.add_argument("--encoder", default=None,
+                        help="a `deconvnet pretrain` encoder file to initialise the encoder "
+                             "('shipped': the package's pre-trained tiny encoder)")
     parser.add_argument("--pool-impl", choices=("ext", "torch"), default="ext")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
@@ -583,6 +595,7 @@ def run_cli(args: argparse.Namespace) -> int:
                          amp=args.amp, sync_bn=args.sync_bn, device=args.device,
                          progress=not args.no_progress)
     ctx = None
+    encoder = resolve_encoder(args.encoder)
     try:
         config.validate()
         ctx = setup_distributed(config.device)  # one process group for the whole command
@@ -593,12 +606,13 @@ def run_cli(args: argparse.Namespace) -> int:
                 pool_impl=args.pool_impl, stage1_steps=args.stage1_steps,
                 stage2_steps=args.stage2_steps, config=config, split=args.split,
                 vgg_weights=args.vgg_weights, resume=args.resume,
-                crop_options={"proposals": args.proposals}))
+                crop_options={"proposals": args.proposals}, encoder=encoder))
         if args.model in ("fcn8s", "both"):
             summaries.append(train_fcn(
                 args.data, args.out, arch=args.arch, num_classes=args.num_classes,
                 steps=args.fcn_steps, image_size=args.fcn_image_size, config=config,
-                split=args.split, vgg_weights=args.vgg_weights, resume=args.resume))
+                split=args.split, vgg_weights=args.vgg_weights, resume=args.resume,
+                encoder=encoder))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     finally:
