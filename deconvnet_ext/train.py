@@ -33,13 +33,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import (DistContext, all_reduce_mean, cleanup_distributed,
                           convert_sync_batchnorm, setup_distributed)
 from .errors import UserError
 from .model import DeconvNet, FCN8s
+from .progress import progress_bar
 
 IGNORE_INDEX = 255
 OnStep = Callable[[str, int, nn.Module, float], None]
@@ -332,8 +332,8 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
                         num_workers=config.num_workers, collate_fn=collate_pairs,
                         pin_memory=device.type == "cuda")
     batches = iter(loader)
-    bar = tqdm(total=config.steps, initial=start, desc=stage, unit="step", dynamic_ncols=True,
-               disable=not (config.progress and ctx.is_main))
+    bar = progress_bar(total=config.steps, initial=start, desc=stage, unit="step",
+                       disable=not (config.progress and ctx.is_main))
     losses: List[float] = []
     began = time.perf_counter()
 
