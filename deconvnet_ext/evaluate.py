@@ -233,7 +233,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from .distributed import cleanup_distributed, setup_distributed
     from .errors import UserError
     from .infer import inference_config_from_args, load_models
-    from .parallel import parallel_options
+    from .parallel import parallel_options, prestart
     from .visualize import save_mask_png
 
     if not args.checkpoint and not args.fcn_checkpoint:
@@ -243,6 +243,8 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.masks and not args.out:
         raise UserError("--masks needs --out DIR (the masks go to DIR/masks/)")
     parallel = parallel_options(args)
+    if parallel["workers"] > 1:
+        prestart()  # the fork server loads while the data and models do
     config = inference_config_from_args(args)
     dataset = VOCSegmentation(args.data, args.split)
     ctx = setup_distributed(args.device)

@@ -93,20 +93,45 @@ class RemoteTraceback(Exception):
         return "\n" + self.text
 
 
+# Imported once by the fork server, so that each worker it forks starts in milliseconds
+# with torch, OpenCV and the CRF already loaded.
+FORKSERVER_PRELOAD = ["deconvnet_ext.pipeline", "deconvnet_ext.proposals",
+                      "deconvnet_ext.data.voc", "pydensecrf.densecrf"]
+
+
 def _start_method() -> str:
-    """fork where it is safe and available (workers start in milliseconds instead of
-    re-importing torch), else forkserver / spawn. fork is refused once CUDA is
-    initialised in this process (a forked child must never touch the parent's CUDA
-    context) and on macOS (system frameworks are not fork-safe)."""
+    """forkserver where there is one (Linux, macOS), else spawn; DECONVNET_START_METHOD
+    overrides. Not fork: a process that has already run OpenCV's or OpenMP's thread
+    pools (the demo's training, an earlier in-process evaluation, CUDA) hands a forked
+    child locks held by threads that do not exist there, and the child hangs in its
+    first ``cv2.setNumThreads`` or parallel loop. The fork server is a clean process
+    started once (``prestart``), so only the first pool pays for its imports."""
     override = os.environ.get("DECONVNET_START_METHOD")
     if override:
         return override
-    methods = mp.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in methods:
-        import torch
-        if not torch.cuda.is_initialized():
-            return "fork"
-    return "forkserver" if "forkserver" in methods else "spawn"
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def _context(method: str):
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return ctx
+
+
+def prestart(start_method: Optional[str] = None) -> None:
+    """Start the fork server now (it imports torch and the rest in the background while
+    the caller loads its data and models), ignoring Ctrl-C like the workers it forks."""
+    method = start_method or _start_method()
+    if method != "forkserver":
+        return
+    _context(method)
+    from multiprocessing import forkserver
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _worker_main(state: Any, tasks, results) -> None:
@@ -153,7 +178,7 @@ class WorkerPool:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         self.start_method = start_method or _start_method()
-        ctx = mp.get_context(self.start_method)
+        ctx = _context(self.start_method)
         self._tasks = ctx.Queue()
         self._results = ctx.Queue()
         self._next_id = 0

@@ -33,7 +33,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from .distributed import cleanup_distributed, setup_distributed
     from .errors import UserError
     from .infer import inference_config_from_args, load_models, wanted_variants
-    from .parallel import parallel_options
+    from .parallel import parallel_options, prestart
     from .pipeline import ImageSource, RankGather, StreamedPredictions, shard
     from .progress import progress_bar
     from .visualize import overlay, save_mask_png
@@ -47,6 +47,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise UserError("two images share a file name; their masks would overwrite each "
                         "other in --out")
     parallel = parallel_options(args)
+    if parallel["workers"] > 1:
+        prestart()  # the fork server loads while the data and models do
     config = inference_config_from_args(args)
     ctx = setup_distributed(args.device)
     try:
