@@ -6,7 +6,7 @@ tqdm's carriage-return frames (a redirected demo log was 1.2 MB of them).
     bar.update(1); bar.set_postfix(loss="0.12"); bar.close()
     for x in progress_bar(items, desc="synth"): ...
 
-DECONVNET_PROGRESS_INTERVAL sets the seconds between plain lines (default 10).
+DECONVNET_PROGRESS_INTERVAL sets the seconds between plain lines (default 5).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Iterable, Optional, TextIO
 
-DEFAULT_INTERVAL_S = 10.0
+DEFAULT_INTERVAL_S = 5.0
 
 
 def _is_terminal(stream: TextIO) -> bool:
