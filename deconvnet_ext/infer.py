@@ -12,14 +12,18 @@ The steps are separate functions so that the demo, ``deconvnet eval`` and
     both   = ensemble(probs, fcn, rule="mean")
     refined = dense_crf(both, image)                             # from deconvnet_ext.crf
 
-or everything at once with ``predict_variants``.
+or everything at once with ``predict_variants`` (``network_rows`` + ``crf_rows`` per
+image; ``deconvnet_ext.pipeline`` streams a whole split through them, the CPU stages in
+worker processes).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,7 +47,8 @@ class InferenceConfig:
         (crops with context; 1.0 = none).
     proposal_method: "selective_search" (OpenCV, fast mode) or "edgeboxes" (needs
         ``edge_model``, a structured-edge model file).
-    batch_size: crops per forward pass (crops of several images share batches).
+    batch_size: crops per forward pass (an image's crops never share a batch with
+        another image's, so its scores do not depend on the images around it).
     aggregation: "max" (paper) or "mean" over the proposals covering a pixel.
     ensemble_rule: "mean" of the DeconvNet and FCN-8s probabilities (paper) or "product",
         the original release's ``deconv * max(0, fcn)``.
@@ -95,7 +100,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--edge-model", default=None,
                    help="structured-edge model file (.yml.gz) for --proposals edgeboxes")
     g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="crops per forward pass (default %(default)s)")
+                   help="crops per forward pass, within one image (default %(default)s)")
     g.add_argument("--aggregation", default=d.aggregation, choices=AGGREGATION_MODES,
                    help="how proposal score maps combine per pixel (default %(default)s)")
     g.add_argument("--ensemble", dest="ensemble_rule", default=d.ensemble_rule,
@@ -248,77 +253,76 @@ def segment_crops(model: torch.nn.Module, crops: torch.Tensor, batch_size: int =
     return torch.cat(outputs).to(crops.device)
 
 
+def deconvnet_crop_maps(model: torch.nn.Module, image: np.ndarray, boxes: torch.Tensor,
+                        config: Optional[InferenceConfig] = None) -> torch.Tensor:
+    """Pre-softmax score maps of one image's proposal crops.
+
+    image: uint8 (H,W,3) RGB. boxes: int64 (K,4) proposals (``proposal_boxes``), K >= 1.
+    Returns float32 (K,C,S,S) on the model's device. The crops go through the network
+    in chunks of ``config.batch_size`` of this image's crops only: a convolution's
+    floating-point result can change with the batch it runs in, so mixing images in a
+    batch would make an image's scores depend on its neighbours in the split.
+    """
+    config = config or InferenceConfig()
+    boxes = torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4)
+    if boxes.shape[0] == 0:
+        raise ValueError("boxes is empty: every image needs at least one proposal")
+    device = _model_device(model)
+    crops = crop_and_resize(_image_tensor(image).to(device), boxes, int(model.input_size))
+    return segment_crops(model, crops, config.batch_size)
+
+
+def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int],
+                        config: Optional[InferenceConfig] = None) -> torch.Tensor:
+    """One image's crop score maps (K,C,S,S) pasted at their boxes (K,4) and combined
+    per pixel (``config.aggregation``) with ``dx.aggregate_proposals``. Returns float32
+    (C,H,W) on the maps' device."""
+    from . import aggregate_proposals
+
+    config = config or InferenceConfig()
+    boxes = torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4).to(maps.device)
+    height, width = int(image_size[0]), int(image_size[1])
+    return aggregate_proposals(maps, boxes, image_size=(height, width), mode=config.aggregation)
+
+
 def deconvnet_scores(model: torch.nn.Module, images: Sequence[np.ndarray],
                      boxes: Sequence[torch.Tensor], config: Optional[InferenceConfig] = None
                      ) -> List[torch.Tensor]:
     """Instance-wise DeconvNet scores of several images.
 
     images: uint8 (H,W,3) RGB each (sizes may differ). boxes: per image int64 (K_i,4)
-    proposals (``proposal_boxes``). All crops of all images go through the network in
-    shared batches; their score maps are aggregated per image with
-    ``dx.aggregate_proposals`` (one call per distinct image size, ``image_index`` picking
-    each proposal's image). Returns per image float32 (C,H,W) aggregated pre-softmax
-    scores on the model's device.
+    proposals (``proposal_boxes``). Each image's crops go through the network in their
+    own batches (``deconvnet_crop_maps``: an image's scores are the same bits whatever
+    images come with it) and are aggregated with ``aggregate_crop_maps``. Returns per
+    image float32 (C,H,W) aggregated pre-softmax scores on the model's device.
     """
-    from . import aggregate_proposals
-
     config = config or InferenceConfig()
     if len(images) != len(boxes):
         raise ValueError(f"images and boxes must have the same length, got {len(images)} "
                          f"images and {len(boxes)} box tensors")
-    size = int(model.input_size)
-    device = _model_device(model)
-    crops, owner = [], []
+    results = []
     for i, (image, image_boxes) in enumerate(zip(images, boxes)):
         image_boxes = torch.as_tensor(image_boxes, dtype=torch.int64).reshape(-1, 4)
         if image_boxes.shape[0] == 0:
             raise ValueError(f"boxes[{i}] is empty: every image needs at least one proposal")
-        crops.append(crop_and_resize(_image_tensor(image).to(device), image_boxes, size))
-        owner.append(torch.full((image_boxes.shape[0],), i, dtype=torch.int64))
-    maps = segment_crops(model, torch.cat(crops), config.batch_size)
-    owner_all = torch.cat(owner).to(maps.device)
-    boxes_all = torch.cat([torch.as_tensor(b, dtype=torch.int64).reshape(-1, 4)
-                           for b in boxes]).to(maps.device)
-
-    results: List[Optional[torch.Tensor]] = [None] * len(images)
-    by_size: Dict[tuple, List[int]] = {}
-    for i, image in enumerate(images):
-        by_size.setdefault(tuple(image.shape[:2]), []).append(i)
-    for (height, width), members in by_size.items():
-        # Proposals of the images of this size, renumbered 0..len(members)-1.
-        remap = torch.full((len(images),), -1, dtype=torch.int64, device=maps.device)
-        remap[torch.tensor(members, device=maps.device)] = torch.arange(
-            len(members), device=maps.device)
-        keep = remap[owner_all] >= 0
-        aggregated = aggregate_proposals(maps[keep], boxes_all[keep], image_size=(height, width),
-                                         mode=config.aggregation,
-                                         image_index=remap[owner_all[keep]],
-                                         num_images=len(members))
-        for j, i in enumerate(members):
-            results[i] = aggregated[j]
-    return results  # type: ignore[return-value]
+        maps = deconvnet_crop_maps(model, image, image_boxes, config)
+        results.append(aggregate_crop_maps(maps, image_boxes, image.shape[:2], config))
+    return results
 
 
 # ----------------------------------------------------------------------------- FCN-8s
 
 def fcn_scores(model: torch.nn.Module, images: Sequence[np.ndarray]) -> List[torch.Tensor]:
     """FCN-8s on whole images. images: uint8 (H,W,3) each. Returns per image float32
-    (C,H,W) logits on the model's device (images of one size share a forward pass)."""
+    (C,H,W) logits on the model's device. One forward per image (a batch of one), so an
+    image's logits do not depend on the other images given."""
     model.eval()
     device = _model_device(model)
-    results: List[Optional[torch.Tensor]] = [None] * len(images)
-    by_size: Dict[tuple, List[int]] = {}
-    for i, image in enumerate(images):
-        by_size.setdefault(tuple(image.shape[:2]), []).append(i)
+    results = []
     with torch.inference_mode():
-        for members in by_size.values():
-            batch = torch.stack([_image_tensor(images[i]) for i in members]).to(device)
-            logits = model(batch).float()
-            for j, i in enumerate(members):
-                results[i] = logits[j]
-    return results  # type: ignore[return-value]
-
-
+        for image in images:
+            results.append(model(_image_tensor(image)[None].to(device)).float()[0])
+    return results
 # ----------------------------------------------------------------------------- ensemble
 
 def ensemble(deconv_probs: torch.Tensor, fcn_logits: torch.Tensor, rule: str = "mean"
@@ -347,6 +351,102 @@ def ensemble(deconv_probs: torch.Tensor, fcn_logits: torch.Tensor, rule: str = "
 # ----------------------------------------------------------------------------- all at once
 
 VARIANTS = ("FCN-8s", "DeconvNet", "DeconvNet+CRF", "EDeconvNet", "EDeconvNet+CRF")
+# each "+CRF" row refines this row's probabilities
+CRF_INPUT = {"DeconvNet+CRF": "DeconvNet", "EDeconvNet+CRF": "EDeconvNet"}
+STAGES = ("decode", "proposals", "network", "aggregation", "crf")
+
+
+class StageTimer:
+    """Wall seconds spent in each stage of the pipeline (``STAGES``), summed over calls.
+
+    >>> timer = StageTimer()
+    >>> with timer("network", device):   # waits for the device's queued work at the end
+    ...     ...
+    >>> timer.seconds                     # {"decode": 0.0, ..., "network": 1.2, ...}
+    """
+
+    def __init__(self) -> None:
+        self.seconds: Dict[str, float] = dict.fromkeys(STAGES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str, device: Optional[torch.device] = None):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if device is not None and device.type == "cuda":
+                torch.cuda.synchronize(device)
+            self.seconds[stage] += time.perf_counter() - start
+
+    def add(self, seconds: Dict[str, float]) -> None:
+        for stage, value in seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + float(value)
+
+
+def wanted_variants(deconvnet: Optional[torch.nn.Module], fcn: Optional[torch.nn.Module],
+                    use_crf: bool = True, variants: Optional[Sequence[str]] = None
+                    ) -> Tuple[str, ...]:
+    """The rows that can be computed, in ``VARIANTS`` order: ``variants`` (default all)
+    less the "+CRF" rows when ``use_crf`` is False and the rows whose model is None (the
+    ensemble rows need both)."""
+    wanted = set(VARIANTS if variants is None else variants)
+    unknown = wanted - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"variants must be among {VARIANTS}, got {sorted(unknown)}")
+    if not use_crf:
+        wanted -= set(CRF_INPUT)
+    if deconvnet is None:
+        wanted -= {"DeconvNet", "DeconvNet+CRF", "EDeconvNet", "EDeconvNet+CRF"}
+    if fcn is None:
+        wanted -= {"FCN-8s", "EDeconvNet", "EDeconvNet+CRF"}
+    return tuple(v for v in VARIANTS if v in wanted)
+
+
+def network_rows(image: np.ndarray, deconvnet: Optional[torch.nn.Module],
+                 fcn: Optional[torch.nn.Module], config: InferenceConfig,
+                 wanted: Sequence[str], boxes: Optional[torch.Tensor] = None,
+                 timer: Optional[StageTimer] = None) -> Dict[str, np.ndarray]:
+    """The network part of ``predict_variants`` for one image: {row: float32 (C,H,W)
+    probabilities (numpy)} for each of "FCN-8s", "DeconvNet", "EDeconvNet" that is in
+    ``wanted`` or that a wanted "+CRF" row refines (``crf_rows`` finishes those).
+    ``boxes``: the image's proposals (computed here when None and DeconvNet is needed);
+    ``timer`` collects the seconds of "proposals", "network" and "aggregation"."""
+    timer = timer or StageTimer()
+    rows_needed = set(wanted) | {CRF_INPUT[v] for v in wanted if v in CRF_INPUT}
+    need_deconv = bool(rows_needed & {"DeconvNet", "EDeconvNet"})
+    need_fcn = bool(rows_needed & {"FCN-8s", "EDeconvNet"})
+    rows: Dict[str, np.ndarray] = {}
+    maps = fcn_logits = None
+    if need_deconv:
+        if boxes is None:
+            with timer("proposals"):
+                boxes = proposal_boxes(image, config)
+        boxes = torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4)
+        with timer("network", _model_device(deconvnet)):
+            maps = deconvnet_crop_maps(deconvnet, image, boxes, config)
+    if need_fcn:
+        with timer("network", _model_device(fcn)):
+            fcn_logits = fcn_scores(fcn, [image])[0]
+    with timer("aggregation"):
+        if "FCN-8s" in rows_needed:
+            rows["FCN-8s"] = torch.softmax(fcn_logits, dim=0).cpu().numpy()
+        if need_deconv:
+            deconv_probs = torch.softmax(aggregate_crop_maps(maps, boxes, image.shape[:2],
+                                                             config), dim=0)
+            if "DeconvNet" in rows_needed:
+                rows["DeconvNet"] = deconv_probs.cpu().numpy()
+            if "EDeconvNet" in rows_needed:
+                rows["EDeconvNet"] = ensemble(deconv_probs, fcn_logits,
+                                              config.ensemble_rule).cpu().numpy()
+    return rows
+
+
+def crf_rows(rows: Dict[str, np.ndarray], image: np.ndarray, config: InferenceConfig,
+             wanted: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The wanted "+CRF" rows of one image: the dense CRF over ``rows`` (from
+    ``network_rows``) and the image. Returns {row: float32 (C,H,W) marginals}."""
+    return {v: dense_crf(rows[CRF_INPUT[v]], image, config.crf)
+            for v in wanted if v in CRF_INPUT}
 
 
 def predict_variants(images: Sequence[np.ndarray], deconvnet: Optional[torch.nn.Module],
@@ -361,46 +461,19 @@ def predict_variants(images: Sequence[np.ndarray], deconvnet: Optional[torch.nn.
     skipped; the ensemble rows need both). use_crf=False skips the "+CRF" rows.
     boxes: optional precomputed proposals per image. variants: compute only these
     (default all of ``VARIANTS``).
-    Returns per image {variant name: float32 (C,H,W) probabilities (numpy)}.
+    Returns per image {variant name: float32 (C,H,W) probabilities (numpy)}. Each image
+    is computed on its own (``network_rows`` then ``crf_rows``): its rows are the same
+    bits whatever other images are given with it.
     """
     config = config or InferenceConfig()
-    wanted = set(VARIANTS if variants is None else variants)
-    unknown = wanted - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"variants must be among {VARIANTS}, got {sorted(unknown)}")
-    if not use_crf:
-        wanted -= {"DeconvNet+CRF", "EDeconvNet+CRF"}
-    if deconvnet is None:
-        wanted -= {"DeconvNet", "DeconvNet+CRF", "EDeconvNet", "EDeconvNet+CRF"}
-    if fcn is None:
-        wanted -= {"FCN-8s", "EDeconvNet", "EDeconvNet+CRF"}
-    need_deconv = bool(wanted - {"FCN-8s"})
-    need_fcn = bool(wanted & {"FCN-8s", "EDeconvNet", "EDeconvNet+CRF"})
-
-    out: List[Dict[str, np.ndarray]] = [dict() for _ in images]
-    deconv_probs: List[Optional[torch.Tensor]] = [None] * len(images)
-    fcn_logits: List[Optional[torch.Tensor]] = [None] * len(images)
-    if need_deconv:
-        if boxes is None:
-            boxes = [proposal_boxes(image, config) for image in images]
-        scores = deconvnet_scores(deconvnet, images, boxes, config)
-        deconv_probs = [torch.softmax(s, dim=0) for s in scores]
-    if need_fcn:
-        fcn_logits = fcn_scores(fcn, images)
+    wanted = wanted_variants(deconvnet, fcn, use_crf, variants)
+    if boxes is not None and len(boxes) != len(images):
+        raise ValueError(f"images and boxes must have the same length, got {len(images)} "
+                         f"images and {len(boxes)} box tensors")
+    out: List[Dict[str, np.ndarray]] = []
     for i, image in enumerate(images):
-        rows = out[i]
-        if "FCN-8s" in wanted:
-            rows["FCN-8s"] = torch.softmax(fcn_logits[i], dim=0).cpu().numpy()
-        if "DeconvNet" in wanted or "DeconvNet+CRF" in wanted:
-            probs = deconv_probs[i].cpu().numpy()
-            if "DeconvNet" in wanted:
-                rows["DeconvNet"] = probs
-            if "DeconvNet+CRF" in wanted:
-                rows["DeconvNet+CRF"] = dense_crf(probs, image, config.crf)
-        if "EDeconvNet" in wanted or "EDeconvNet+CRF" in wanted:
-            both = ensemble(deconv_probs[i], fcn_logits[i], config.ensemble_rule).cpu().numpy()
-            if "EDeconvNet" in wanted:
-                rows["EDeconvNet"] = both
-            if "EDeconvNet+CRF" in wanted:
-                rows["EDeconvNet+CRF"] = dense_crf(both, image, config.crf)
+        rows = network_rows(image, deconvnet, fcn, config, wanted,
+                            None if boxes is None else boxes[i])
+        rows.update(crf_rows(rows, image, config, wanted))
+        out.append({v: rows[v] for v in wanted})
     return out

@@ -191,8 +191,6 @@ def pretrain_encoder(out: Union[str, Path], *, arch: str = "tiny",
     PRETRAIN_DATA_SEED, under ``data_dir`` or a temporary folder), train
     EncoderClassifier for ``steps`` SGD steps (momentum 0.9, wd 5e-4, cosine decay from
     ``lr``), write ``out`` ({"encoder", "meta"}) and return the meta."""
-    from tqdm import tqdm
-
     from .data.synthetic import generate_synthetic_voc
     from .data.voc import VOCSegmentation
 
@@ -211,8 +209,8 @@ def pretrain_encoder(out: Union[str, Path], *, arch: str = "tiny",
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     model.train()
     losses, correct, seen = [], 0, 0
-    bar = tqdm(range(steps), desc="pretrain", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    from .progress import progress_bar
+    bar = progress_bar(range(steps), desc="pretrain", unit="step", disable=not progress)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))

@@ -33,7 +33,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import (DistContext, all_reduce_mean, cleanup_distributed,
@@ -41,6 +40,7 @@ from .distributed import (DistContext, all_reduce_mean, cleanup_distributed,
 from .errors import UserError
 from .model import DeconvNet, FCN8s
 from .pretrain import load_encoder, resolve_encoder
+from .progress import progress_bar
 
 IGNORE_INDEX = 255
 OnStep = Callable[[str, int, nn.Module, float], None]
@@ -333,8 +333,8 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
                         num_workers=config.num_workers, collate_fn=collate_pairs,
                         pin_memory=device.type == "cuda")
     batches = iter(loader)
-    bar = tqdm(total=config.steps, initial=start, desc=stage, unit="step", dynamic_ncols=True,
-               disable=not (config.progress and ctx.is_main))
+    bar = progress_bar(total=config.steps, initial=start, desc=stage, unit="step",
+                       disable=not (config.progress and ctx.is_main))
     losses: List[float] = []
     began = time.perf_counter()
 

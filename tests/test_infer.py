@@ -73,7 +73,7 @@ def test_crop_and_resize_rejects_empty_boxes():
 @pytest.mark.parametrize("mode", ["max", "mean"])
 def test_pipeline_aggregation_equals_reference(tiny_deconvnet, mode):
     images, boxes = _images(), _boxes()
-    config = InferenceConfig(aggregation=mode, batch_size=3)  # batches span images
+    config = InferenceConfig(aggregation=mode, batch_size=3)  # chunks of 3 within an image
     scores = deconvnet_scores(tiny_deconvnet, images, boxes, config)
     size = tiny_deconvnet.input_size
     for image, image_boxes, got in zip(images, boxes, scores):

@@ -106,7 +106,7 @@ class InstanceCrops(torch.utils.data.Dataset):
 
     # ---- item lists ------------------------------------------------------------------
     def _annotations(self, desc: str):
-        from tqdm import tqdm
+        from ..progress import progress_bar as tqdm  # plain lines off a terminal
         for i in tqdm(range(len(self.dataset)), desc=desc, unit="img",
                       disable=not self.progress, leave=False):
             label, instances = self.dataset.load_annotation(i)
@@ -132,7 +132,7 @@ class InstanceCrops(torch.utils.data.Dataset):
         if cache is not None and cache.is_file():
             return np.load(cache, allow_pickle=False)
         rows, background = [], []
-        from tqdm import tqdm
+        from ..progress import progress_bar as tqdm  # plain lines off a terminal
         for i in tqdm(range(len(self.dataset)), desc=f"stage-2 proposals ({method})",
                       unit="img", disable=not self.progress):
             if method == "selective_search":

@@ -289,7 +289,7 @@ def generate_synthetic_voc(out_dir: str | Path, num_train: int = DEFAULT_NUM_TRA
             for old in dirs[key].glob("synth_*"):
                 old.unlink()
 
-    from tqdm import tqdm
+    from ..progress import progress_bar as tqdm  # plain lines off a terminal
 
     jobs = [("train", i) for i in range(num_train)] + [("val", i) for i in range(num_val)]
     names: dict[str, list[str]] = {"train": [], "val": []}
