@@ -36,11 +36,13 @@ QUICK = dict(num_train=8, num_val=3, stage1_steps=2, stage2_steps=2, fcn_steps=2
 DEFAULT_OUT = "deconvnet_demo"
 # The tiny DeconvNet learns its classes only after tens of epochs of the stage-1 crops:
 # batch 8 at lr 0.05 (more updates per crop than the paper's 8 x 8 at 0.01, which is
-# sized for GPUs) was the best measured recipe for this budget. FCN-8s keeps lr 0.01.
+# sized for GPUs) was the best measured recipe for this budget. FCN-8s from the shipped
+# encoder wants lr 0.05: on the tuning split (synthetic seed 2000003, never the demo's
+# val) 46.7 mean IU vs 23.8 at its from-scratch rate 0.01.
 DECONVNET_BATCH_SIZE = 8    # crops per step
 DECONVNET_LR = 0.05
 FCN_BATCH_SIZE = 8          # whole images per step
-FCN_LR = 0.01
+FCN_LR = 0.05
 FCN_MAX_TRAIN_SIZE = 512
 DEMO_MIN_SIZE = 0           # --min-size default of the demo (see add_cli_arguments)
 # Stage 2 also sees background proposals, 1 per 4 positive crops: max aggregation lets
