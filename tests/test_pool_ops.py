@@ -189,3 +189,14 @@ def test_opcheck_on_layouts_with_ambiguous_strides(shape):
     out, sw = torch.ops.deconvnet_ext.max_pool2d_with_switches(x, *args, False)
     torch.library.opcheck(torch.ops.deconvnet_ext.max_unpool2d_with_switches,
                           (out, sw, *args, list(shape[-2:])))
+
+
+def test_autograd_is_registered_in_cpp():
+    # csrc/autograd.cpp: the Autograd dispatch key, no Python on the autograd path.
+    for op in ("max_pool2d_with_switches", "max_unpool2d_with_switches", "gather_at_switches"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"deconvnet_ext::{op}", "Autograd")
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    out, sw = dx.max_pool2d_with_switches(x, 2)
+    y = dx.max_unpool2d_with_switches(out, sw, 2, output_size=(4, 4))
+    assert "CppNode" in out.grad_fn.name() and "CppNode" in y.grad_fn.name()
+    assert not sw.requires_grad
