@@ -263,3 +263,51 @@ def assert_equal(actual: torch.Tensor, expected: torch.Tensor, what: str) -> Non
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+# ---- interleaved timing: on a shared machine only interleaved ratios mean anything ----
+
+def interleaved_ratio(ours: Callable, theirs: Callable, *, device: str = "cpu",
+                      rounds: int = 9, trials: int = 3, target_s: float = 0.02) -> dict:
+    """Times ours, theirs, ours, theirs ... (`rounds` rounds of a calibrated number of
+    calls each), takes the ratio of the medians median(theirs) / median(ours) (> 1:
+    ours faster) per trial, over `trials` trials. Returns the median ratio, its
+    spread (min, max, every trial's ratio) and the median seconds per call."""
+    import statistics
+    import time
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def per_call(fn, n):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        return (time.perf_counter() - t0) / n
+
+    def calls_for(fn):
+        fn()
+        once = per_call(fn, 3)
+        return max(1, int(target_s / max(once, 1e-9)))
+
+    n_ours, n_theirs = calls_for(ours), calls_for(theirs)
+    ratios, t_ours, t_theirs = [], [], []
+    for _ in range(trials):
+        a, b = [], []
+        for _ in range(rounds):
+            a.append(per_call(ours, n_ours))
+            b.append(per_call(theirs, n_theirs))
+        t_ours.append(statistics.median(a))
+        t_theirs.append(statistics.median(b))
+        ratios.append(t_theirs[-1] / t_ours[-1])
+    return {"ratio": statistics.median(ratios), "ratio_min": min(ratios),
+            "ratio_max": max(ratios), "ratios": ratios,
+            "ours_s": statistics.median(t_ours), "theirs_s": statistics.median(t_theirs)}
+
+
+def format_ratio(r: dict) -> str:
+    return (f"x{r['ratio']:.3f} (trials {', '.join(f'{v:.3f}' for v in r['ratios'])}; "
+            f"ours {1e6 * r['ours_s']:.1f} us, theirs {1e6 * r['theirs_s']:.1f} us per call)")

@@ -1,7 +1,8 @@
 // The one registration point: every schema of the deconvnet_ext namespace.
 // Kernels register themselves per device with TORCH_LIBRARY_IMPL in their own
-// files (csrc/cpu/*.cpp, csrc/cuda/*.cu); autograd and fake kernels live in
-// Python (deconvnet_ext/ops.py, deconvnet_ext/aggregation.py).
+// files (csrc/cpu/*.cpp, csrc/cuda/*.cu); the pooling ops' autograd in
+// csrc/autograd.cpp; fake kernels (and aggregate_proposals' refusing backward)
+// in Python (deconvnet_ext/ops.py, deconvnet_ext/aggregation.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY(deconvnet_ext, m) {

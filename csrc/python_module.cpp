@@ -38,4 +38,10 @@ PYBIND11_MODULE(_C, m) {
   }, "How this build of deconvnet_ext was compiled: version, CUDA kernels or not, "
      "CUDA arch list, torch version (and its CUDA version) built against, and whether this CPU takes "
      "the AVX2/FMA paths.");
+  m.def("_set_portable_loops", &deconvnet_ext::cpu::set_portable_loops, pybind11::arg("on"),
+        "Makes the CPU ops run their portable loops (a parallel_for over the element "
+        "functions the CUDA kernels run) instead of their fast paths, or not; returns the "
+        "previous setting. Initially on when DECONVNET_EXT_DISABLE_AVX2=1. For tests.");
+  m.def("_portable_loops", &deconvnet_ext::cpu::portable_loops,
+        "Whether the CPU ops run their portable loops.");
 }

@@ -1,4 +1,7 @@
 """Loads the compiled extension, which registers torch.ops.deconvnet_ext.*."""
+import contextlib
+from typing import Iterator
+
 import torch  # noqa: F401  (loads libc10 / libtorch before our extension)
 
 try:
@@ -27,3 +30,16 @@ def build_info() -> dict:
     """How this build was compiled: {'version', 'with_cuda', 'cuda_arch_list',
     'torch_version', 'torch_cuda_version', 'cpu_avx2_fma'}."""
     return dict(_C.build_info())
+
+
+@contextlib.contextmanager
+def portable_cpu_loops(on: bool = True) -> Iterator[None]:
+    """Within the block the CPU ops run their portable loops (``on=True``: an
+    at::parallel_for over the element functions of csrc/common/, the very functions
+    the CUDA kernels run) or their fast paths (``on=False``: AVX2 / blocked loops).
+    Process-wide, not thread-local: for tests and benchmarks."""
+    previous = _C._set_portable_loops(bool(on))
+    try:
+        yield
+    finally:
+        _C._set_portable_loops(previous)

@@ -9,9 +9,9 @@ wrappers, their fake (meta) kernels for torch.compile, and their autograd.
                               input_size=(H, W))
 
 Switch convention: see deconvnet_ext/reference.py (s = i * kW + j inside the window).
-Autograd: pool backward = unpool of the gradient; unpool backward = gather of the
-gradient at the switches; gather backward = unpool. Each backward is itself one of the
-custom ops, so double backward works too.
+Autograd (registered in C++, csrc/autograd.cpp): pool backward = unpool of the gradient;
+unpool backward = gather of the gradient at the switches; gather backward = unpool. Each
+backward is itself one of the custom ops, so double backward works too.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch._prims_common import suggest_memory_format
+from torch._subclasses.fake_tensor import is_fake
 
 from . import _extension  # noqa: F401  (loads the compiled ops)
 from .reference import pool_params
@@ -32,6 +33,12 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 def _params(kernel_size: IntPair, stride: Optional[IntPair], padding: IntPair,
             dilation: IntPair) -> Tuple[List[int], List[int], List[int], List[int]]:
+    # The common call (plain ints) without the general parser: this runs on every call.
+    if (type(kernel_size) is int and type(padding) is int and type(dilation) is int
+            and (stride is None or type(stride) is int)):
+        k = [kernel_size, kernel_size]
+        s = k if stride is None else [stride, stride]
+        return k, s, [padding, padding], [dilation, dilation]
     try:
         k, s, p, d = pool_params(kernel_size, stride, padding, dilation)
     except TypeError as exc:
@@ -42,16 +49,18 @@ def _params(kernel_size: IntPair, stride: Optional[IntPair], padding: IntPair,
 
 
 def _check_switches_in_window(switches: torch.Tensor, kernel: Sequence[int]) -> None:
-    """Reports switch values outside their window. The kernels themselves stay safe
-    (such a switch selects nothing); this check is the wrapper's courtesy, skipped while
-    tracing (torch.compile, fake tensors) where values are unknown."""
-    if (not isinstance(switches, torch.Tensor) or switches.dtype != torch.uint8
-            or switches.numel() == 0 or switches.is_meta or torch.compiler.is_compiling()):
-        return
-    from torch._subclasses.fake_tensor import is_fake
-    if is_fake(switches):
+    """Reports switch values outside their window, on the CPU. The kernels themselves
+    stay safe on every device (such a switch selects nothing); this check is the
+    wrapper's courtesy. It is skipped where it would cost a device sync (CUDA, any
+    non-CPU device) and while tracing (torch.compile, fake tensors), where values are
+    unknown."""
+    if (not isinstance(switches, torch.Tensor) or switches.device.type != "cpu"
+            or switches.dtype != torch.uint8 or switches.numel() == 0
+            or torch.compiler.is_compiling() or is_fake(switches)):
         return
     window = kernel[0] * kernel[1]
+    if window > 255:
+        return
     top = int(switches.max())
     if top >= window:
         raise ValueError(f"switches holds the value {top}, outside its window: kernel_size "
@@ -83,7 +92,8 @@ def max_unpool2d_with_switches(x: torch.Tensor, switches: torch.Tensor, kernel_s
     x: (N, C, oH, oW) or (C, oH, oW) float; switches: uint8 of x's shape, as returned by
     max_pool2d_with_switches. output_size: (H, W) (or x's full unpooled shape, as
     F.max_unpool2d accepts). Returns (N, C, H, W) (or (C, H, W)) of x's dtype.
-    Raises ValueError when a switch lies outside its window.
+    On the CPU raises ValueError when a switch lies outside its window; on CUDA such a
+    switch selects nothing (checking would cost a device sync per call).
     """
     if output_size is None:
         raise ValueError("output_size=(H, W) is required: the pooled size does not fix "
@@ -172,51 +182,7 @@ def _gather_fake(y, switches, kernel_size, stride, padding, dilation):
     return _empty_like_kernel(y, shape)
 
 
-# ---- autograd: every backward is one of the ops (so it has a backward too) ----
-
-def _pool_setup_context(ctx, inputs, output):
-    x, kernel_size, stride, padding, dilation, _ = inputs
-    ctx.save_for_backward(output[1])
-    ctx.params = (kernel_size, stride, padding, dilation)
-    ctx.input_size = (x.shape[-2], x.shape[-1])
-
-
-def _pool_backward(ctx, grad_out, _grad_switches):
-    (switches,) = ctx.saved_tensors
-    grad_x = _ops.max_unpool2d_with_switches.default(grad_out, switches, *ctx.params,
-                                                     list(ctx.input_size))
-    return grad_x, None, None, None, None, None
-
-
-def _unpool_setup_context(ctx, inputs, output):
-    _, switches, kernel_size, stride, padding, dilation, _ = inputs
-    ctx.save_for_backward(switches)
-    ctx.params = (kernel_size, stride, padding, dilation)
-
-
-def _unpool_backward(ctx, grad_y):
-    (switches,) = ctx.saved_tensors
-    grad_x = _ops.gather_at_switches.default(grad_y, switches, *ctx.params)
-    return grad_x, None, None, None, None, None, None
-
-
-def _gather_setup_context(ctx, inputs, output):
-    y, switches, kernel_size, stride, padding, dilation = inputs
-    ctx.save_for_backward(switches)
-    ctx.params = (kernel_size, stride, padding, dilation)
-    ctx.input_size = (y.shape[-2], y.shape[-1])
-
-
-def _gather_backward(ctx, grad_out):
-    (switches,) = ctx.saved_tensors
-    grad_y = _ops.max_unpool2d_with_switches.default(grad_out, switches, *ctx.params,
-                                                     list(ctx.input_size))
-    return grad_y, None, None, None, None, None
-
-
-torch.library.register_autograd("deconvnet_ext::max_pool2d_with_switches", _pool_backward,
-                                setup_context=_pool_setup_context)
-torch.library.register_autograd("deconvnet_ext::max_unpool2d_with_switches", _unpool_backward,
-                                setup_context=_unpool_setup_context)
-torch.library.register_autograd("deconvnet_ext::gather_at_switches", _gather_backward,
-                                setup_context=_gather_setup_context)
+# ---- autograd: registered in C++ (csrc/autograd.cpp, the Autograd dispatch key) ----
+# pool backward = unpool of the gradient; unpool backward = gather of the gradient at
+# the switches; gather backward = unpool. Each backward is itself one of the ops, so
+# double backward works too. No Python runs on the autograd path of a call.

@@ -10,7 +10,23 @@ import random
 from dataclasses import dataclass
 from typing import List, Tuple
 
+import pytest
 import torch
+
+from deconvnet_ext._extension import portable_cpu_loops
+
+CPU_LOOPS = ("fast", "portable")
+
+
+@pytest.fixture(params=CPU_LOOPS, autouse=True)
+def cpu_loops(request):
+    """Runs each test of a module that imports this fixture twice: through the CPU
+    ops' fast paths (AVX2 / blocked loops) and through their portable loops (a
+    parallel_for over the element functions of csrc/common/, which the CUDA kernels
+    run): the whole op sweep checks the GPU's logic on the CPU."""
+    with portable_cpu_loops(request.param == "portable"):
+        yield request.param
+
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 LAYOUTS = ("contiguous", "channels_last", "strided_view")

@@ -19,6 +19,7 @@ import torch
 
 import deconvnet_ext as dx
 from deconvnet_ext import reference
+from pool_cases import cpu_loops  # noqa: F401  (autouse: fast and portable CPU loops)
 
 MODES = ("max", "sum", "mean")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import deconvnet_ext as dx
+from pool_cases import cpu_loops  # noqa: F401  (autouse: fast and portable CPU loops)
 
 ops = torch.ops.deconvnet_ext
 

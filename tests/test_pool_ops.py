@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import deconvnet_ext as dx
 from deconvnet_ext import reference
+from pool_cases import cpu_loops  # noqa: F401  (autouse: fast and portable CPU loops)
 from pool_cases import (DTYPES, LAYOUTS, PoolCase, assert_bitwise_equal, has_empty_window,
                         make_input, sample_cases)
 
@@ -188,3 +189,14 @@ def test_opcheck_on_layouts_with_ambiguous_strides(shape):
     out, sw = torch.ops.deconvnet_ext.max_pool2d_with_switches(x, *args, False)
     torch.library.opcheck(torch.ops.deconvnet_ext.max_unpool2d_with_switches,
                           (out, sw, *args, list(shape[-2:])))
+
+
+def test_autograd_is_registered_in_cpp():
+    # csrc/autograd.cpp: the Autograd dispatch key, no Python on the autograd path.
+    for op in ("max_pool2d_with_switches", "max_unpool2d_with_switches", "gather_at_switches"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"deconvnet_ext::{op}", "Autograd")
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    out, sw = dx.max_pool2d_with_switches(x, 2)
+    y = dx.max_unpool2d_with_switches(out, sw, 2, output_size=(4, 4))
+    assert "CppNode" in out.grad_fn.name() and "CppNode" in y.grad_fn.name()
+    assert not sw.requires_grad

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import deconvnet_ext as dx
 from deconvnet_ext import reference
+from pool_cases import cpu_loops  # noqa: F401  (autouse: fast and portable CPU loops)
 from pool_cases import (DTYPES, LAYOUTS, PoolCase, assert_bitwise_equal, make_input,
                         sample_cases)
 

@@ -11,22 +11,10 @@
 #include <cstdint>
 #include <string>
 
+#include "common/aggregate_element.h"
+
 namespace deconvnet_ext {
 namespace aggregate {
-
-enum class Mode { kMax, kSum, kMean };
-
-struct Shape {
-  int64_t K;   // proposals
-  int64_t C;   // classes
-  int64_t h;   // map height
-  int64_t w;   // map width
-  int64_t H;   // image height
-  int64_t W;   // image width
-  int64_t B;   // output canvases (1 without image_index)
-  bool batched;
-  Mode mode;
-};
 
 inline Mode parse_mode(const std::string& mode) {
   if (mode == "max") return Mode::kMax;

@@ -20,11 +20,6 @@ namespace pool {
 // Switches are uint8: a window may hold at most 256 taps.
 constexpr int64_t kMaxWindow = 256;
 
-struct PoolParams {
-  Axis h;
-  Axis w;
-};
-
 inline PoolParams check_pool_params(const char* op, c10::IntArrayRef kernel_size,
                                     c10::IntArrayRef stride, c10::IntArrayRef padding,
                                     c10::IntArrayRef dilation) {
@@ -111,15 +106,6 @@ inline c10::MemoryFormat working_format(const at::Tensor& t) {
              ? c10::MemoryFormat::ChannelsLast
              : c10::MemoryFormat::Contiguous;
 }
-
-
-// The geometry every pool op shares: input (N, C, H, W) pooled to (N, C, oH, oW)
-// (N = 1 and batched = false for 3-d tensors).
-struct PoolShape {
-  PoolParams p;
-  bool batched;
-  int64_t N, C, H, W, oH, oW;
-};
 
 // Sizes of a pool of self ((N, C, H, W) or (C, H, W)), checked.
 inline PoolShape check_pool_args(const char* op, const at::Tensor& self,

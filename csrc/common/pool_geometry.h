@@ -26,6 +26,21 @@ struct Axis {
   int64_t dilation;
 };
 
+// Both axes.
+struct PoolParams {
+  Axis h;
+  Axis w;
+};
+
+// The geometry every pool op shares: input (N, C, H, W) pooled to (N, C, oH, oW)
+// (N = 1 and batched = false for 3-d tensors). Plain data: CUDA kernels take it
+// by value.
+struct PoolShape {
+  PoolParams p;
+  bool batched;
+  int64_t N, C, H, W, oH, oW;
+};
+
 C10_HOST_DEVICE DECONVNET_EXT_INLINE int64_t floor_div(int64_t a, int64_t b) {
   const int64_t q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;

@@ -14,7 +14,12 @@
 //
 // Rounding follows csrc/common/bilinear.h: fused multiply-adds where the CPU
 // has FMA (as torch's AVX2/AVX512 kernels compute), plain products otherwise.
+//
+// The portable loop (cpu::portable_loops()) is instead a parallel_for over
+// AggregateElement, the per-pixel function the CUDA kernel runs; the tests
+// check this fast path against it.
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -26,10 +31,12 @@
 #include <cstdlib>
 #include <vector>
 
+#include "common/aggregate_element.h"
 #include "common/bilinear.h"
 #include "common/bilinear_aggregate_args.h"
 #include "cpu/aggregate_proposals_plan.h"
 #include "cpu/aggregate_proposals_rows.h"
+#include "cpu/element_loop.h"
 
 namespace deconvnet_ext {
 namespace aggregate {
@@ -170,6 +177,37 @@ void aggregate_dispatch(const Shape& s, const at::Tensor& maps, const at::Tensor
   return run<double, false, ScalarRows<double, false>>(s, maps, boxes, image_index, out);
 }
 
+// The portable loop: a parallel_for over AggregateElement
+// (csrc/common/aggregate_element.h), the function the CUDA kernel runs, on the
+// maps' own dtype (float16 / bfloat16 read into float32 and rounded once, as
+// there), with the rounding this CPU's torch uses (fused_rounding()).
+at::Tensor aggregate_portable(const Shape& s, const at::Tensor& maps, const at::Tensor& boxes,
+                              const std::optional<at::Tensor>& image_index) {
+  const at::Tensor maps_c = maps.contiguous();
+  const at::Tensor boxes_c = boxes.to(at::kLong).contiguous();
+  const at::Tensor index_c = s.batched ? image_index->to(at::kLong).contiguous() : at::Tensor();
+  cpu::check_values(s, boxes_c, index_c);
+  at::Tensor out = at::empty({s.B, s.C, s.H, s.W}, maps_c.options());
+  const bool fused = fused_rounding();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, maps_c.scalar_type(),
+                                  "aggregate_proposals", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* m = maps_c.const_data_ptr<scalar_t>();
+    const int64_t* b = boxes_c.const_data_ptr<int64_t>();
+    const int64_t* index = s.batched ? index_c.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const int64_t work = 4 + 4 * s.K;
+    if (fused) {
+      deconvnet_ext::cpu::for_each_element(
+          AggregateElement<scalar_t, opmath_t, true>{m, b, index, o, s}, out.numel(), work);
+    } else {
+      deconvnet_ext::cpu::for_each_element(
+          AggregateElement<scalar_t, opmath_t, false>{m, b, index, o, s}, out.numel(), work);
+    }
+  });
+  return s.batched ? out : out.select(0, 0);
+}
+
 at::Tensor aggregate_proposals_cpu(const at::Tensor& maps, const at::Tensor& boxes,
                                    const std::optional<at::Tensor>& image_index,
                                    c10::IntArrayRef image_size, int64_t num_images,
@@ -180,6 +218,7 @@ at::Tensor aggregate_proposals_cpu(const at::Tensor& maps, const at::Tensor& box
                   dtype == at::kBFloat16,
               "aggregate_proposals: maps dtype must be float32, float64, float16 or bfloat16, got ",
               dtype);
+  if (deconvnet_ext::cpu::portable_loops()) return aggregate_portable(s, maps, boxes, image_index);
   // float16 / bfloat16 are resized and reduced in float32, rounded once at the end.
   const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
   const at::Tensor maps_c = (reduced ? maps.to(at::kFloat) : maps).contiguous();

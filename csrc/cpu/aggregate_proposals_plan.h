@@ -69,16 +69,12 @@ inline void add_windows(Plan<T>& plan, Placement& p, int64_t w) {
   }
 }
 
-// Box values and image indices checked here (the CPU sees the data for free).
-template <typename T, bool kFused>
-Plan<T> make_plan(const Shape& s, const at::Tensor& boxes, const at::Tensor& image_index) {
-  Plan<T> plan;
+// Box values and image indices (int64, contiguous), checked (the CPU sees the
+// data for free): every path calls this before it reads a map.
+inline void check_values(const Shape& s, const at::Tensor& boxes, const at::Tensor& image_index) {
   const int64_t* box = boxes.const_data_ptr<int64_t>();
   const int64_t* img = s.batched ? image_index.const_data_ptr<int64_t>() : nullptr;
   constexpr int64_t kCoordLimit = int64_t{1} << 30;
-  plan.placements.resize(s.K);
-  plan.image_start.assign(s.B + 1, 0);
-  int64_t rows = 0, cols = 0;
   for (int64_t k = 0; k < s.K; ++k) {
     const int64_t x0 = box[4 * k], y0 = box[4 * k + 1], x1 = box[4 * k + 2], y1 = box[4 * k + 3];
     TORCH_CHECK(x1 > x0 && y1 > y0, "aggregate_proposals: boxes row ", k, " = [", x0, ", ", y0,
@@ -88,6 +84,22 @@ Plan<T> make_plan(const Shape& s, const at::Tensor& boxes, const at::Tensor& ima
     const int64_t b = s.batched ? img[k] : 0;
     TORCH_CHECK(b >= 0 && b < s.B, "aggregate_proposals: image_index[", k, "] = ", b,
                 " is outside [0, num_images=", s.B, ")");
+  }
+}
+
+// Where each proposal lands (values checked first).
+template <typename T, bool kFused>
+Plan<T> make_plan(const Shape& s, const at::Tensor& boxes, const at::Tensor& image_index) {
+  Plan<T> plan;
+  const int64_t* box = boxes.const_data_ptr<int64_t>();
+  const int64_t* img = s.batched ? image_index.const_data_ptr<int64_t>() : nullptr;
+  check_values(s, boxes, image_index);
+  plan.placements.resize(s.K);
+  plan.image_start.assign(s.B + 1, 0);
+  int64_t rows = 0, cols = 0;
+  for (int64_t k = 0; k < s.K; ++k) {
+    const int64_t x0 = box[4 * k], y0 = box[4 * k + 1], x1 = box[4 * k + 2], y1 = box[4 * k + 3];
+    const int64_t b = s.batched ? img[k] : 0;
     plan.image_start[b + 1] += 1;
     Placement& p = plan.placements[k];
     p.cy0 = std::max<int64_t>(y0, 0);

@@ -1,9 +1,12 @@
 // CPU kernel of deconvnet_ext::max_pool2d_with_switches: F.max_pool2d's output
 // bit for bit, plus uint8 switches (argmax position inside the window).
 //
-// Paths: NCHW rows (general), NCHW 2x2/stride 2 float32 with AVX2 (DeconvNet's
-// pooling), channels_last with the channel loop innermost. Every path uses
-// the window geometry and the argmax rule of csrc/common/, like the CUDA kernel.
+// Paths: the portable loop over pool::PoolElement (csrc/common/pool_elements.h,
+// the function the CUDA kernel runs; cpu::portable_loops()), and the fast
+// paths: NCHW rows (general), NCHW 2x2/stride 2 float32 with AVX2 (DeconvNet's
+// pooling), channels_last with the channel loop innermost. Every path uses the
+// window geometry and the argmax rule of csrc/common/; the tests check the
+// fast paths against the portable one bit for bit.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -14,8 +17,10 @@
 #include <vector>
 
 #include "common/pool_checks.h"
+#include "common/pool_elements.h"
 #include "common/pool_geometry.h"
 #include "cpu/max_pool_channels_last.h"
+#include "cpu/element_loop.h"
 #include "cpu/max_pool_nchw.h"
 #include "cpu/pool_hugepages.h"
 
@@ -46,8 +51,19 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_switches_cpu(
   cpu::advise_huge_pages(out.data_ptr(), out.nbytes());
   cpu::advise_huge_pages(sw.data_ptr(), sw.nbytes());
   const at::Tensor x = self.contiguous(fmt);
+  const bool portable = cpu::portable_loops();
+  const int64_t window = p.h.kernel * p.w.kernel;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
-    if (fmt == c10::MemoryFormat::ChannelsLast) {
+    if (portable) {
+      const scalar_t* in = x.const_data_ptr<scalar_t>();
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      uint8_t* w = sw.mutable_data_ptr<uint8_t>();
+      if (fmt == c10::MemoryFormat::ChannelsLast) {
+        cpu::for_each_element(pool::PoolElement<scalar_t, true>{in, o, w, s}, out.numel(), window);
+      } else {
+        cpu::for_each_element(pool::PoolElement<scalar_t, false>{in, o, w, s}, out.numel(), window);
+      }
+    } else if (fmt == c10::MemoryFormat::ChannelsLast) {
       pool_channels_last(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
                          sw.mutable_data_ptr<uint8_t>(), N, C, H, W, oH, oW, p);
     } else {

@@ -5,7 +5,9 @@
 // (pool::covering_window) in a fixed tap order and adds the values whose switch
 // names it. Each output is written once (no zero-fill pass, no scatter, no
 // atomics), so the result is deterministic and a bad switch selects nothing.
-// Paths: NCHW general, NCHW disjoint windows (DeconvNet's stride >= kernel),
+// Paths: the portable loop over pool::UnpoolElement (csrc/common/pool_elements.h,
+// the function the CUDA kernel runs; cpu::portable_loops()), and the fast
+// paths: NCHW general, NCHW disjoint windows (DeconvNet's stride >= kernel),
 // NCHW 2x2/stride 2 float32 with AVX2, channels_last with channels innermost.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -21,8 +23,10 @@
 #include <vector>
 
 #include "common/pool_checks.h"
+#include "common/pool_elements.h"
 #include "common/pool_geometry.h"
 #include "cpu/cpu_features.h"
+#include "cpu/element_loop.h"
 #include "cpu/pool_hugepages.h"
 
 #if DECONVNET_EXT_X86_AVX2
@@ -298,8 +302,19 @@ at::Tensor max_unpool2d_with_switches_cpu(const at::Tensor& self, const at::Tens
   cpu::advise_huge_pages(y.data_ptr(), y.nbytes());
   const at::Tensor x = self.contiguous(fmt);
   const at::Tensor sw = switches.contiguous(fmt);
+  const bool portable = cpu::portable_loops();
+  const int64_t window = s.p.h.kernel * s.p.w.kernel;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), op, [&] {
-    if (fmt == c10::MemoryFormat::ChannelsLast) {
+    if (portable) {
+      const scalar_t* in = x.const_data_ptr<scalar_t>();
+      const uint8_t* w = sw.const_data_ptr<uint8_t>();
+      scalar_t* o = y.mutable_data_ptr<scalar_t>();
+      if (fmt == c10::MemoryFormat::ChannelsLast) {
+        cpu::for_each_element(pool::UnpoolElement<scalar_t, true>{in, w, o, s}, y.numel(), window);
+      } else {
+        cpu::for_each_element(pool::UnpoolElement<scalar_t, false>{in, w, o, s}, y.numel(), window);
+      }
+    } else if (fmt == c10::MemoryFormat::ChannelsLast) {
       unpool_channels_last(x.const_data_ptr<scalar_t>(), sw.const_data_ptr<uint8_t>(),
                            y.mutable_data_ptr<scalar_t>(), s);
     } else {

@@ -2,6 +2,9 @@
 // switches[p]] (0 where the switch selects nothing). The unpool's backward and
 // the transpose of the unpool; its own backward is the unpool. Decoding goes
 // through pool::switch_position, so a bad switch never reads out of bounds.
+// Paths: the portable loop over pool::GatherElement (csrc/common/pool_elements.h,
+// the function the CUDA kernel runs; cpu::portable_loops()), and the fast
+// paths (NCHW rows with a 2x2/stride 2 float32 AVX2 loop, channels_last).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -13,8 +16,10 @@
 #include <type_traits>
 
 #include "common/pool_checks.h"
+#include "common/pool_elements.h"
 #include "common/pool_geometry.h"
 #include "cpu/cpu_features.h"
+#include "cpu/element_loop.h"
 #include "cpu/pool_hugepages.h"
 
 #if DECONVNET_EXT_X86_AVX2
@@ -129,8 +134,18 @@ at::Tensor gather_at_switches_cpu(const at::Tensor& self, const at::Tensor& swit
   cpu::advise_huge_pages(out.data_ptr(), out.nbytes());
   const at::Tensor y = self.contiguous(fmt);
   const at::Tensor sw = switches.contiguous(fmt);
+  const bool portable = cpu::portable_loops();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), op, [&] {
-    if (fmt == c10::MemoryFormat::ChannelsLast) {
+    if (portable) {
+      const scalar_t* in = y.const_data_ptr<scalar_t>();
+      const uint8_t* w = sw.const_data_ptr<uint8_t>();
+      scalar_t* o = out.mutable_data_ptr<scalar_t>();
+      if (fmt == c10::MemoryFormat::ChannelsLast) {
+        cpu::for_each_element(pool::GatherElement<scalar_t, true>{in, w, o, s}, out.numel());
+      } else {
+        cpu::for_each_element(pool::GatherElement<scalar_t, false>{in, w, o, s}, out.numel());
+      }
+    } else if (fmt == c10::MemoryFormat::ChannelsLast) {
       gather_channels_last(y.const_data_ptr<scalar_t>(), sw.const_data_ptr<uint8_t>(),
                            out.mutable_data_ptr<scalar_t>(), s);
     } else {

@@ -1,43 +1,25 @@
-// CUDA kernel of deconvnet_ext::gather_at_switches: one thread per switch,
-// out = self[position of the switch] (0 where it selects nothing), decoded by
-// pool::switch_position like the CPU loop, so a bad switch never reads out of
-// bounds. NCHW or channels_last, on the current stream.
+// CUDA kernel of deconvnet_ext::gather_at_switches: a grid-stride loop over
+// pool::GatherElement (csrc/common/pool_elements.h): out = self[position of the
+// switch] (0 where it selects nothing), decoded by pool::switch_position, so a
+// bad switch never reads out of bounds. NCHW or channels_last.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/pool_checks.h"
-#include "common/pool_geometry.h"
-#include "cuda/pool_launch.cuh"
+#include "common/pool_elements.h"
+#include "cuda/element_launch.cuh"
 
 namespace deconvnet_ext {
 namespace {
-
-using pool::PoolShape;
-
-template <typename scalar_t, bool channels_last>
-__global__ void gather_at_switches_kernel(const scalar_t* __restrict__ y,
-                                          const uint8_t* __restrict__ switches,
-                                          scalar_t* __restrict__ out, int64_t total,
-                                          PoolShape s) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const cuda::Coord o = cuda::decompose<channels_last>(idx, s.C, s.oH, s.oW);
-    int64_t h = 0, w = 0;
-    out[idx] = pool::switch_position(switches[idx], o.y, o.x, s.p.h, s.p.w, s.H, s.W, &h, &w)
-                   ? y[cuda::offset<channels_last>(o.n, o.c, h, w, s.C, s.H, s.W)]
-                   : scalar_t(0);
-  }
-}
 
 at::Tensor gather_at_switches_cuda(const at::Tensor& self, const at::Tensor& switches,
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation) {
   constexpr const char* op = "gather_at_switches";
-  const PoolShape s =
+  const pool::PoolShape s =
       pool::check_gather_args(op, self, switches, kernel_size, stride, padding, dilation);
   const c10::cuda::CUDAGuard guard(self.device());
   const c10::MemoryFormat fmt = pool::working_format(self);
@@ -49,18 +31,14 @@ at::Tensor gather_at_switches_cuda(const at::Tensor& self, const at::Tensor& swi
   const at::Tensor y = self.contiguous(fmt);
   const at::Tensor sw = switches.contiguous(fmt);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), op, [&] {
+    const scalar_t* in = y.const_data_ptr<scalar_t>();
+    const uint8_t* w = sw.const_data_ptr<uint8_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (fmt == c10::MemoryFormat::ChannelsLast) {
-      gather_at_switches_kernel<scalar_t, true>
-          <<<cuda::blocks_for(total), cuda::kThreads, 0, cuda::current_stream()>>>(
-              y.const_data_ptr<scalar_t>(), sw.const_data_ptr<uint8_t>(),
-              out.mutable_data_ptr<scalar_t>(), total, s);
+      cuda::for_each_element(pool::GatherElement<scalar_t, true>{in, w, o, s}, total);
     } else {
-      gather_at_switches_kernel<scalar_t, false>
-          <<<cuda::blocks_for(total), cuda::kThreads, 0, cuda::current_stream()>>>(
-              y.const_data_ptr<scalar_t>(), sw.const_data_ptr<uint8_t>(),
-              out.mutable_data_ptr<scalar_t>(), total, s);
+      cuda::for_each_element(pool::GatherElement<scalar_t, false>{in, w, o, s}, total);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
 }
