@@ -227,9 +227,41 @@ def _ext_pool_runs(x: torch.Tensor, kernel: Tuple[int, int]) -> bool:
     return x.device.type == "cuda" and bool(build_info()["with_cuda"])
 
 
-def _windows_disjoint(sw: PoolSwitches) -> bool:
+def _disjoint(kernel, stride, dilation) -> bool:
     """Every input position lies in at most one window (stride >= dilated kernel span)."""
-    return all(s >= d * (k - 1) + 1 for k, s, d in zip(sw.kernel_size, sw.stride, sw.dilation))
+    return all(s >= d * (k - 1) + 1 for k, s, d in zip(kernel, stride, dilation))
+
+
+def _windows_disjoint(sw: PoolSwitches) -> bool:
+    return _disjoint(sw.kernel_size, sw.stride, sw.dilation)
+
+
+class _PoolAsTorch(torch.autograd.Function):
+    """The fused pool whose backward sums overlapping windows' gradients in torch's CPU
+    order (a scatter-add over the output positions in turn), so the input gradient
+    matches torch's bit for bit; still only the uint8 switches are saved. (Where windows
+    are disjoint the op's own backward already matches, and on CUDA the op's
+    deterministic gather is kept.)"""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+        out, switches = _ext_ops.max_pool2d_with_switches.default(
+            x, kernel_size, stride, padding, dilation, ceil_mode)
+        ctx.mark_non_differentiable(switches)
+        ctx.save_for_backward(switches)
+        ctx.params = (kernel_size, stride, padding, dilation)
+        ctx.input_shape = tuple(x.shape)
+        return out, switches
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_switches):
+        (switches,) = ctx.saved_tensors
+        H, W = ctx.input_shape[-2:]
+        indices = ops.switches_to_indices(switches, *ctx.params, input_size=(H, W))
+        planes = grad_out.shape[:-2]
+        grad_x = grad_out.new_zeros(*planes, H * W).scatter_add_(
+            -1, indices.flatten(-2), grad_out.flatten(-2))
+        return grad_x.view(ctx.input_shape), None, None, None, None, None
 
 
 class MaxPool2d(nn.MaxPool2d):
@@ -255,8 +287,12 @@ class MaxPool2d(nn.MaxPool2d):
         k, s, p, d = pool_params(self.kernel_size, self.stride, self.padding, self.dilation)
         input_size = (input.shape[-2], input.shape[-1])
         if _ext_pool_runs(input, k):
-            out, switches = _ext_ops.max_pool2d_with_switches.default(
-                input, list(k), list(s), list(p), list(d), bool(self.ceil_mode))
+            params = (list(k), list(s), list(p), list(d), bool(self.ceil_mode))
+            if (not _disjoint(k, s, d) and input.device.type == "cpu"
+                    and torch.is_grad_enabled() and input.requires_grad):
+                out, switches = _PoolAsTorch.apply(input, *params)
+            else:
+                out, switches = _ext_ops.max_pool2d_with_switches.default(input, *params)
             impl = "ext"
         else:
             out, switches = F.max_pool2d(input, k, s, p, d, ceil_mode=self.ceil_mode,
@@ -273,6 +309,27 @@ def _spatial_output_size(output_size: Sequence[int], x: torch.Tensor) -> Tuple[i
         raise ValueError("output_size must be (H, W) or the pooled input's full size, got "
                          f"{size!r}")
     return size[-2], size[-1]
+
+
+class _UnpoolAsTorch(torch.autograd.Function):
+    """torch's unpool (where overlapping windows chose one position twice, that position
+    holds one of the values, as ``F.max_unpool2d`` writes it), with the uint8 switches,
+    not int64 indices, saved for backward: the gradient is the gather at the switches,
+    which is what torch's backward computes from its indices."""
+
+    @staticmethod
+    def forward(ctx, x, switches, kernel_size, stride, padding, dilation, size):
+        indices = ops.switches_to_indices(switches, kernel_size, stride, padding, dilation,
+                                          size)
+        ctx.save_for_backward(switches)
+        ctx.params = (list(kernel_size), list(stride), list(padding), list(dilation))
+        return torch._C._nn.max_unpool2d(x, indices, [size[0], size[1]])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        (switches,) = ctx.saved_tensors
+        grad_x = _ext_ops.gather_at_switches.default(grad_y, switches, *ctx.params)
+        return grad_x, None, None, None, None, None, None
 
 
 class MaxUnpool2d(nn.MaxUnpool2d):
@@ -293,9 +350,10 @@ class MaxUnpool2d(nn.MaxUnpool2d):
 
     Disjoint windows at the true size (every DeconvNet/SegNet pattern) run the fused
     unpool, whose autograd saves only the uint8 switches. Overlapping windows (stride
-    smaller than the kernel), or an output_size other than the pooled input's, follow
-    torch's semantics exactly (``F.max_unpool2d`` of ``switches.indices()``: a
-    position two windows chose holds one value, not their sum).
+    smaller than the kernel) follow torch's semantics exactly (``F.max_unpool2d`` of
+    ``switches.indices()``: a position two windows chose holds one value, not their
+    sum), still saving only the uint8 switches; an output_size other than the pooled
+    input's is ``F.max_unpool2d`` of ``switches.indices()``, checks included.
     """
 
     def forward(self, input: torch.Tensor, indices, output_size=None) -> torch.Tensor:
@@ -319,9 +377,15 @@ class MaxUnpool2d(nn.MaxUnpool2d):
             return _ext_ops.max_unpool2d_with_switches.default(
                 input, switches.switches, list(switches.kernel_size), list(switches.stride),
                 list(switches.padding), list(switches.dilation), [size[0], size[1]])
+        if switches.pool_impl == "ext" and torch.is_grad_enabled() and input.requires_grad:
+            return _UnpoolAsTorch.apply(input, switches.switches, switches.kernel_size,
+                                        switches.stride, switches.padding, switches.dilation,
+                                        (size[0], size[1]))
+        if switches.pool_impl == "ext":
+            return torch._C._nn.max_unpool2d(input, switches.indices(), [size[0], size[1]])
         # torch's op without F.max_unpool2d's guess-based size check, which refuses
         # some true sizes (after dilation).
-        return torch._C._nn.max_unpool2d(input, switches.indices(), [size[0], size[1]])
+        return torch._C._nn.max_unpool2d(input, switches.switches, [size[0], size[1]])
 
 
 def _copy_module_state(old: nn.Module, new: nn.Module) -> nn.Module:
