@@ -3,8 +3,9 @@
 test_convert_pooling.py and test_onnx_export.py; and the measurement of the bytes
 autograd saves for backward.
 
-``python tests/pooling_patterns.py`` prints, per pattern, the bytes saved for backward
-by the torch model and by its ``convert_pooling`` twin (the README's table).
+``python tests/pooling_patterns.py [--onnx]`` prints, per pattern, the bytes saved for
+backward by the torch model and by its ``convert_pooling`` twin, and (--onnx) the
+onnxruntime-vs-PyTorch max error of the exported twin: the README's table.
 """
 from __future__ import annotations
 
@@ -171,6 +172,27 @@ def torch_and_converted(name: str, seed: int = 0):
     return model, converted, x
 
 
+def calibrated(model: nn.Module, input_shape, seed: int = 0) -> nn.Module:
+    """Parameters that start at zero (biases, FCN-8s' score layers) made random and
+    BatchNorm statistics measured on random inputs, so the activations stay O(1) and a
+    wrong graph cannot hide behind zeros."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the calibration batches
+        model.train()
+        for _ in range(2):
+            model(torch.randn(input_shape, generator=g))
+        for m in norms:
+            m.momentum = 0.1
+    return model.eval()
+
+
 class SavedBytes(NamedTuple):
     total: int    # bytes of every tensor autograd saved (one count per save)
     unique: int   # bytes of the distinct storages among them (what stays alive)
@@ -196,16 +218,39 @@ def saved_for_backward(model: nn.Module, x: torch.Tensor) -> SavedBytes:
     return SavedBytes(total, sum(storages.values()))
 
 
-def main() -> None:
-    print("| pattern | input | torch: saved (distinct) bytes | converted | saved less |")
-    print("|---|---|---:|---:|---:|")
+def onnx_max_error(name: str, batch: int = 3) -> float:
+    """Max abs error of onnxruntime against PyTorch for the converted ``name`` pattern
+    (calibrated weights), exported with dx.export_onnx at the pattern's batch size and
+    run at ``batch``."""
+    import tempfile
+    from pathlib import Path
+
+    from deconvnet_ext.export import export_onnx, run_onnxruntime
+
+    _, converted, x = torch_and_converted(name)
+    converted = calibrated(converted, x.shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(converted, x, Path(tmp) / f"{name}.onnx")
+        check = torch.randn(batch, *x.shape[1:])
+        with torch.no_grad():
+            expected = converted(check)
+        return (run_onnxruntime(path, check) - expected).abs().max().item()
+
+
+def main(with_onnx: bool = False) -> None:
+    print("| pattern | input | bytes saved for backward: torch (distinct) | converted | "
+          "less | ONNX max abs error |")
+    print("|---|---|---:|---:|---:|---:|")
     for name, (_, shape) in PATTERNS.items():
         model, converted, x = torch_and_converted(name)
         ours, theirs = saved_for_backward(converted, x), saved_for_backward(model, x)
+        error = f"{onnx_max_error(name):.1e}" if with_onnx else "-"
         print(f"| {name} | {'x'.join(map(str, shape))} | {theirs.total} ({theirs.unique}) | "
               f"{ours.total} ({ours.unique}) | {theirs.total - ours.total} "
-              f"({theirs.unique - ours.unique}) |")
+              f"({theirs.unique - ours.unique}) | {error} |", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(with_onnx="--onnx" in sys.argv)

@@ -10,34 +10,13 @@ import torch.nn as nn
 import deconvnet_ext as dx
 from deconvnet_ext.cli import main
 from deconvnet_ext.export import custom_domain_nodes, export_onnx, run_onnxruntime
-from pooling_patterns import PATTERNS, torch_and_converted
+from pooling_patterns import PATTERNS, calibrated, torch_and_converted
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
 TOLERANCE = 1e-4
-
-
-def _randomize(model: nn.Module, input_shape, seed: int = 0) -> nn.Module:
-    """Parameters that start at zero (biases, FCN-8s' score layers) made random and
-    BatchNorm statistics measured on random inputs, so the activations stay O(1) and a
-    wrong graph cannot hide behind zeros."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a plain average over the calibration batches
-        model.train()
-        for _ in range(2):
-            model(torch.randn(input_shape, generator=g))
-        for m in norms:
-            m.momentum = 0.1
-    return model.eval()
 
 
 def _logits_up_to(model: nn.Module, layers, input_shape, largest: float = 4.0) -> nn.Module:
@@ -82,7 +61,7 @@ def _check_against_torch(model, path, x, relative=False):
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_converted_patterns_run_in_onnxruntime(name, tmp_path):
     _, converted, x = torch_and_converted(name)
-    converted = _randomize(converted, x.shape)
+    converted = calibrated(converted, x.shape)
     path = export_onnx(converted, x, tmp_path / f"{name}.onnx")
     assert custom_domain_nodes(path) == []
     types = _op_types(path)
@@ -97,7 +76,7 @@ def test_unconverted_torch_pooling_exports_too(tmp_path):
     """torch's own MaxPool2d(return_indices) + MaxUnpool2d (onnxscript cannot translate
     aten::max_unpool2d by itself) also go through."""
     model, _, x = torch_and_converted("per_stage_skip_size")
-    model = _randomize(model, x.shape)
+    model = calibrated(model, x.shape)
     path = export_onnx(model, x, tmp_path / "torch_pooling.onnx")
     assert custom_domain_nodes(path) == []
     _check_against_torch(model, path, torch.randn(3, *x.shape[1:]))
@@ -112,7 +91,7 @@ def test_library_models_run_in_onnxruntime(kind, tmp_path):
     else:
         model = dx.DeconvNet(num_classes=5, arch="tiny")
         size = (model.input_size, model.input_size)
-    model = _randomize(model, (2, 3, *size))
+    model = calibrated(model, (2, 3, *size))
     scores = ([model.score_fr, model.score_pool4, model.score_pool3] if kind == "fcn8s"
               else [model.score])
     model = _logits_up_to(model, scores, (2, 3, *size)).train()  # export: eval, restored
