@@ -214,6 +214,7 @@ class DeconvBNReLU(nn.Module):
 
 _EXT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _MAX_WINDOW = 256  # a switch is one byte
+_BUILT_WITH_CUDA = bool(build_info()["with_cuda"])  # read once: forward stays traceable
 
 
 def _ext_pool_runs(x: torch.Tensor, kernel: Tuple[int, int]) -> bool:
@@ -224,7 +225,7 @@ def _ext_pool_runs(x: torch.Tensor, kernel: Tuple[int, int]) -> bool:
         return False
     if x.device.type == "cpu" or x.device.type == "meta":
         return True
-    return x.device.type == "cuda" and bool(build_info()["with_cuda"])
+    return x.device.type == "cuda" and _BUILT_WITH_CUDA
 
 
 def _disjoint(kernel, stride, dilation) -> bool:
