@@ -13,6 +13,7 @@ from . import reference
 from .ops import max_pool2d_with_switches, max_unpool2d_with_switches, switches_to_indices
 from .aggregation import aggregate_proposals
 from .model import DeconvNet, FCN8s
+from .export import export_onnx
 
 __all__ = [
     "__version__",
@@ -24,4 +25,5 @@ __all__ = [
     "aggregate_proposals",
     "DeconvNet",
     "FCN8s",
+    "export_onnx",
 ]

@@ -30,6 +30,8 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
     "predict": ("deconvnet_ext.predict", "segment images with trained checkpoints"),
     "eval": ("deconvnet_ext.evaluate", "mean IU / per-class IoU on a VOC-format split"),
     "bench": ("deconvnet_ext.bench", "benchmark the fused ops against PyTorch"),
+    "export": ("deconvnet_ext.export",
+               "write a checkpoint's network as a standard-operator ONNX file"),
     "info": ("deconvnet_ext.info",
              "what was built (CUDA, architectures, torch), what runs it, and whether they match"),
 }
