@@ -114,7 +114,7 @@ def encoder_digest(state: Dict[str, torch.Tensor]) -> str:
     for k in sorted(state):
         v = state[k].contiguous().cpu()
         h.update(f"{k}:{v.dtype}:{tuple(v.shape)}:".encode())
-        h.update(v.numpy().tobytes() if v.dtype != torch.bfloat16 else v.view(torch.int16).numpy().tobytes())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
     return h.hexdigest()
 
 
