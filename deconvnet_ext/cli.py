@@ -89,7 +89,7 @@ def _fail(prog: str, message: str) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``deconvnet`` script. Returns the exit code."""
-    from .errors import UserError
+    from .errors import Terminated, UserError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = _chosen_subcommand(argv)
@@ -114,6 +114,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         return _fail(prog, f"{where}{exc.strerror or exc}")
+    except Terminated:  # SIGTERM during a pool of workers (parallel.WorkerPool)
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -26,6 +26,7 @@ import pickle
 import queue
 import signal
 import sys
+import threading
 import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -78,6 +79,11 @@ def parallel_options(args: argparse.Namespace) -> dict:
     return {"workers": workers, "network_threads": threads}
 
 
+def _raise_terminated(signum, frame) -> None:
+    from .errors import Terminated
+    raise Terminated()
+
+
 class WorkerError(RuntimeError):
     """A task failed in a worker with an exception that could not be sent back as is."""
 
@@ -95,6 +101,8 @@ class RemoteTraceback(Exception):
 
 # Imported once by the fork server, so that each worker it forks starts in milliseconds
 # with torch, OpenCV and the CRF already loaded.
+WORKER_POLL_S = 2.0  # how often an idle worker checks that its main process is alive
+
 FORKSERVER_PRELOAD = ["deconvnet_ext.pipeline", "deconvnet_ext.proposals",
                       "deconvnet_ext.data.voc", "pydensecrf.densecrf"]
 
@@ -134,8 +142,47 @@ def prestart(start_method: Optional[str] = None) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _worker_main(state: Any, tasks, results) -> None:
+def _main_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # pragma: no cover - a reused pid of another user
+        return True
+    return False
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent (the fork server, which leaves when
+    the main process has gone; or the main process itself under spawn) exits, so a
+    worker in the middle of a long task does not outlive a killed run."""
+    # The fork server leaves once every client has closed its "alive" pipe, and it
+    # hands that pipe to each child it forks as well: a worker that kept it would keep
+    # the fork server, its parent, alive, and so itself. Workers fork nothing.
+    try:
+        from multiprocessing import forkserver
+        server = forkserver._forkserver
+        if getattr(server, "_forkserver_alive_fd", None) is not None \
+                and mp.current_process().name.startswith("deconvnet-worker"):
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_alive_fd = None
+    except (AttributeError, OSError):  # pragma: no cover - another Python's internals
+        pass
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except Exception:  # pragma: no cover - no libc prctl: the polling below remains
+        return
+    if os.getppid() != parent:  # the parent left before prctl took effect
+        os._exit(0)
+
+
+def _worker_main(state: Any, tasks, results, main_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+    _die_with_parent()
     try:  # one thread per worker: the pool is the parallelism
         import torch
         torch.set_num_threads(1)
@@ -147,9 +194,21 @@ def _worker_main(state: Any, tasks, results) -> None:
     except Exception:  # pragma: no cover - OpenCV is a dependency
         pass
     while True:
-        item = tasks.get()
+        # A worker is the fork server's child, not the main process's: if the main
+        # process dies without stopping the pool (SIGKILL, a crash), nobody would send
+        # the None that ends this loop, so it looks for its main process now and then.
+        try:
+            item = tasks.get(timeout=WORKER_POLL_S)
+        except queue.Empty:
+            if _main_is_gone(main_pid):
+                os._exit(0)
+            continue
+        except (EOFError, OSError):  # the queue's other end is gone
+            os._exit(0)
         if item is None:
             break
+        if _main_is_gone(main_pid):  # the queue may still hold work nobody will read
+            os._exit(0)
         task_id, fn, args = item
         try:
             value = fn(state, *args)
@@ -190,7 +249,8 @@ class WorkerPool:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             for i in range(processes):
-                p = ctx.Process(target=_worker_main, args=(state, self._tasks, self._results),
+                p = ctx.Process(target=_worker_main,
+                                args=(state, self._tasks, self._results, os.getpid()),
                                 name=f"deconvnet-worker-{i}", daemon=True)
                 p.start()
                 self._processes.append(p)
@@ -277,10 +337,21 @@ class WorkerPool:
         self._pending.clear()
 
     def __enter__(self) -> "WorkerPool":
+        # SIGTERM (a job scheduler, `kill`) would end this process at once and leave
+        # the workers running: while the pool is open it raises errors.Terminated, a
+        # KeyboardInterrupt, so the clean-up of Ctrl-C runs instead.
+        self._previous_sigterm = None
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:  # an error or Ctrl-C: nobody wants the remaining work
-            self.terminate()
+        try:
+            if exc_type is None:
+                self.close()
+            else:  # an error or Ctrl-C: nobody wants the remaining work
+                self.terminate()
+        finally:
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)

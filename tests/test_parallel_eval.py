@@ -1,6 +1,6 @@
 """Dataset-scale evaluation: worker processes and torchrun ranks give the same numbers
 and the same mask files as one process; a corrupt image stops the run with one line and
-no results file; Ctrl-C stops the workers; an image's prediction does not depend on the
+no results file; Ctrl-C, SIGTERM and SIGKILL of the main process stop the workers; an image's prediction does not depend on the
 images batched with it; progress off a terminal is plain lines."""
 import io
 import json
@@ -160,8 +160,22 @@ def _session_processes(session: int) -> dict:
     return found
 
 
+# How each way of stopping the main process must end: (signal, sent to the whole
+# process group?, exit code, its one stderr line). Ctrl-C reaches the whole group, as
+# a terminal sends it; `kill` and job schedulers send SIGTERM to the main process only;
+# SIGKILL (the OOM killer) leaves no chance to clean up: the fork server leaves with
+# its parent and the workers with theirs (PR_SET_PDEATHSIG), even mid-task.
+STOPS = {
+    "ctrl-c": (signal.SIGINT, True, 130, "deconvnet eval: interrupted"),
+    "sigterm": (signal.SIGTERM, False, 143, "deconvnet eval: terminated"),
+    "sigkill": (signal.SIGKILL, False, -signal.SIGKILL, None),
+}
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_ctrl_c_stops_the_workers_cleanly(tiny, tmp_path):
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_stopping_the_run_stops_the_workers(tiny, tmp_path, stop):
+    signum, to_group, code, line = STOPS[stop]
     out = tmp_path / "out"
     # thousands of CRF iterations: the run lasts far longer than the test waits
     proc = subprocess.Popen(
@@ -180,20 +194,30 @@ def test_ctrl_c_stops_the_workers_cleanly(tiny, tmp_path):
             assert time.monotonic() < deadline, "the workers never started"
             time.sleep(0.2)
         time.sleep(1.0)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole group
-        _, stderr = proc.communicate(timeout=120)  # generous: a loaded CI machine
+        if to_group:
+            os.killpg(proc.pid, signum)
+        else:
+            os.kill(proc.pid, signum)
+        proc.wait(timeout=120)  # generous: a loaded CI machine
+        # the fork server leaves when its parent has gone, and the workers with it
+        deadline = time.monotonic() + 30
+        while _session_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session_processes(proc.pid) == {}
+        _, stderr = proc.communicate(timeout=30)  # EOF once no process holds the pipes
+        assert proc.returncode == code, stderr
+        if line is not None:
+            assert "Traceback" not in stderr and stderr.strip().splitlines() == [line], stderr
+        assert not (out / "results.json").exists()
     finally:
+        for pid in _session_processes(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
             proc.wait()
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and stderr.strip().splitlines() == [
-        "deconvnet eval: interrupted"], stderr
-    deadline = time.monotonic() + 10  # the fork server leaves when its parent has gone
-    while _session_processes(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _session_processes(proc.pid) == {}
-    assert not (out / "results.json").exists()
 
 
 def test_shards_cover_the_split_once():
