@@ -103,6 +103,19 @@ class RemoteTraceback(Exception):
 # with torch, OpenCV and the CRF already loaded.
 WORKER_POLL_S = 2.0  # how often an idle worker checks that its main process is alive
 
+# Workers run at this niceness above the main process (DECONVNET_WORKER_NICE overrides).
+# The main process runs the network, the one serial stage: with as many workers as
+# cores plus the main process there are more runnable processes than cores, and a
+# main process that waits for a core starves every worker of images. Measured on 2
+# cores (deconvnet eval with CRF, the demo's 50 val images, 5 interleaved rounds):
+# 2 workers ran 1.40x faster than 1 at niceness 0 and 1.53x at 10 (medians).
+WORKER_NICENESS = 10
+
+
+def worker_niceness() -> int:
+    value = os.environ.get("DECONVNET_WORKER_NICE")
+    return WORKER_NICENESS if value in (None, "") else int(value)
+
 FORKSERVER_PRELOAD = ["deconvnet_ext.pipeline", "deconvnet_ext.proposals",
                       "deconvnet_ext.data.voc", "pydensecrf.densecrf"]
 
@@ -180,9 +193,14 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _worker_main(state: Any, tasks, results, main_pid: int) -> None:
+def _worker_main(state: Any, tasks, results, main_pid: int, niceness: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
     _die_with_parent()
+    if niceness > 0:
+        try:
+            os.nice(niceness)
+        except OSError:  # pragma: no cover - not permitted: run at the same priority
+            pass
     try:  # one thread per worker: the pool is the parallelism
         import torch
         torch.set_num_threads(1)
@@ -250,7 +268,8 @@ class WorkerPool:
         try:
             for i in range(processes):
                 p = ctx.Process(target=_worker_main,
-                                args=(state, self._tasks, self._results, os.getpid()),
+                                args=(state, self._tasks, self._results, os.getpid(),
+                                      worker_niceness()),
                                 name=f"deconvnet-worker-{i}", daemon=True)
                 p.start()
                 self._processes.append(p)

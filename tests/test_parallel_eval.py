@@ -249,3 +249,22 @@ def test_progress_off_a_terminal_is_plain_lines():
     assert list(progress_bar(range(3), desc="synth", file=plain)) == [0, 1, 2]
     assert plain.getvalue().splitlines() == [plain.getvalue().splitlines()[-1]]
     assert plain.getvalue().startswith("synth: 3/3 it (100%)")
+
+
+def _own_niceness(state):
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@pytest.mark.parametrize("setting", [None, "0", "3"])
+def test_workers_run_below_the_main_process(setting, monkeypatch):
+    from deconvnet_ext import parallel
+    if setting is None:
+        monkeypatch.delenv("DECONVNET_WORKER_NICE", raising=False)
+    else:
+        monkeypatch.setenv("DECONVNET_WORKER_NICE", setting)
+    wanted = parallel.WORKER_NICENESS if setting is None else int(setting)
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    with parallel.WorkerPool(1) as pool:
+        pool.submit(_own_niceness)
+        _, theirs = pool.next_result()
+    assert theirs == min(19, mine + wanted)
