@@ -115,7 +115,8 @@ void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) 
         const Columns<T> columns{plan.col_i0.data() + j, plan.col_i1.data() + j,
                                  plan.col_l0.data() + j, plan.col_l1.data() + j,
                                  plan.window_base.data() + p.window_offset,
-                                 plan.col_rel0.data() + j, plan.col_rel1.data() + j};
+                                 plan.col_rel0.data() + j, plan.col_rel1.data() + j,
+                                 static_cast<int32_t>(p.window_span)};
         int64_t held[2] = {-1, -1};
         T* slot[2] = {buffer.data(), buffer.data() + s.W};
         // The slot holding map row `i`, resizing it into a slot other than

@@ -31,6 +31,7 @@ struct Columns {
   const int32_t* window_base;
   const int32_t* rel0;
   const int32_t* rel1;
+  int32_t window_span;  // Placement::window_span
 };
 
 // dst[x] = src[i0[x]] * l0[x] + src[i1[x]] * l1[x]: one map row resized horizontally.
@@ -68,26 +69,47 @@ struct Avx2Rows {
   }
 
   __attribute__((target("avx2,fma"))) static void horizontal(
-      const float* src, const Columns<float>& col, float* dst, int64_t n) {
+      const float* __restrict__ src, const Columns<float>& col, float* __restrict__ dst,
+      int64_t n) {
+    // Local copies: dst may not alias the taps, so they stay in registers.
+    const int32_t* __restrict__ i0 = col.i0;
+    const int32_t* __restrict__ i1 = col.i1;
+    const float* __restrict__ l0 = col.l0;
+    const float* __restrict__ l1 = col.l1;
+    const int32_t* __restrict__ window_base = col.window_base;
+    const int32_t* __restrict__ rel0 = col.rel0;
+    const int32_t* __restrict__ rel1 = col.rel1;
     int64_t x = 0;
-    for (; x + 8 <= n; x += 8) {
-      const int32_t base = col.window_base[x / 8];
-      __m256 a, b;
-      if (base >= 0) {
-        const __m256 lo = _mm256_loadu_ps(src + base);
-        const __m256 hi = _mm256_loadu_ps(src + base + 8);
-        a = pick(lo, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col.rel0 + x)));
-        b = pick(lo, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col.rel1 + x)));
-      } else {
-        a = _mm256_i32gather_ps(
-            src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col.i0 + x)), 4);
-        b = _mm256_i32gather_ps(
-            src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col.i1 + x)), 4);
+    if (col.window_span == 8) {
+      for (; x + 8 <= n; x += 8) {
+        const __m256 v = _mm256_loadu_ps(src + window_base[x / 8]);
+        const __m256 a = _mm256_permutevar8x32_ps(
+            v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rel0 + x)));
+        const __m256 b = _mm256_permutevar8x32_ps(
+            v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rel1 + x)));
+        const __m256 bl = _mm256_mul_ps(b, _mm256_loadu_ps(l1 + x));
+        _mm256_storeu_ps(dst + x, _mm256_fmadd_ps(a, _mm256_loadu_ps(l0 + x), bl));
       }
-      const __m256 bl = _mm256_mul_ps(b, _mm256_loadu_ps(col.l1 + x));
-      _mm256_storeu_ps(dst + x, _mm256_fmadd_ps(a, _mm256_loadu_ps(col.l0 + x), bl));
+    } else {
+      for (; x + 8 <= n; x += 8) {
+        const int32_t base = window_base[x / 8];
+        __m256 a, b;
+        if (base >= 0) {
+          const __m256 lo = _mm256_loadu_ps(src + base);
+          const __m256 hi = _mm256_loadu_ps(src + base + 8);
+          a = pick(lo, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rel0 + x)));
+          b = pick(lo, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rel1 + x)));
+        } else {
+          a = _mm256_i32gather_ps(
+              src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + x)), 4);
+          b = _mm256_i32gather_ps(
+              src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + x)), 4);
+        }
+        const __m256 bl = _mm256_mul_ps(b, _mm256_loadu_ps(l1 + x));
+        _mm256_storeu_ps(dst + x, _mm256_fmadd_ps(a, _mm256_loadu_ps(l0 + x), bl));
+      }
     }
-    for (; x < n; ++x) dst[x] = std::fma(src[col.i0[x]], col.l0[x], src[col.i1[x]] * col.l1[x]);
+    for (; x < n; ++x) dst[x] = std::fma(src[i0[x]], l0[x], src[i1[x]] * l1[x]);
   }
 
   __attribute__((target("avx2,fma"))) static void vertical(
