@@ -44,6 +44,7 @@ namespace {
 
 using bilinear::Taps;
 using cpu::Columns;
+using cpu::Lines;
 using cpu::Placement;
 using cpu::Plan;
 using cpu::ScalarRows;
@@ -119,29 +120,34 @@ void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) 
       int64_t ahead_q = covering(plan.image_start[b]);
       int64_t ahead_y = 0, ahead_last = -1;
       if (ahead_q < q_end) ahead_y = std::max(r0, plan.placements[plan.order[ahead_q]].cy0);
-      auto prefetch_next = [&]() {
-        if (ahead_q >= q_end) return;
+      auto next_lines = [&]() -> Lines {
+        Lines lines{nullptr, nullptr};
+        if (ahead_q >= q_end) return lines;
         const int64_t k = plan.order[ahead_q];
         const Placement& p = plan.placements[k];
         const Taps<T>& t = plan.row_taps[p.row_offset + (ahead_y - p.cy0)];
-        const int64_t first = plan.col_i0[p.col_offset];
-        const int64_t last = plan.col_i1[p.col_offset + (p.cx1 - p.cx0) - 1];
-        const T* map = maps + (k * s.C + c) * s.h * s.w;
-        for (const int64_t i : {t.i0, t.i1}) {
-          if (i <= ahead_last) continue;
-          ahead_last = i;
-          const char* from = reinterpret_cast<const char*>(map + i * s.w + first);
-          const char* to = reinterpret_cast<const char*>(map + i * s.w + last + 1);
-          from -= reinterpret_cast<uintptr_t>(from) % 64;
-          for (; from < to; from += 64) __builtin_prefetch(from);
+        // The rows not asked for yet: {i0, i1} or one of them, adjacent.
+        const int64_t lo = std::max(t.i0, ahead_last + 1), hi = t.i1;
+        if (lo <= hi) {
+          ahead_last = hi;
+          const int64_t first = plan.col_i0[p.col_offset];
+          const int64_t last = plan.col_i1[p.col_offset + (p.cx1 - p.cx0) - 1];
+          const T* map = maps + (k * s.C + c) * s.h * s.w;
+          const char* from = reinterpret_cast<const char*>(map + lo * s.w + first);
+          lines.from = from - reinterpret_cast<uintptr_t>(from) % 64;
+          lines.to = reinterpret_cast<const char*>(map + hi * s.w + last + 1);
         }
         if (++ahead_y >= std::min(r1, p.cy1)) {
           ahead_q = covering(ahead_q + 1);
           ahead_last = -1;
           if (ahead_q < q_end) ahead_y = std::max(r0, plan.placements[plan.order[ahead_q]].cy0);
         }
+        return lines;
       };
-      for (int64_t d = 0; d < kPrefetchRows; ++d) prefetch_next();
+      for (int64_t d = 0; d < kPrefetchRows; ++d) {
+        const Lines lines = next_lines();
+        for (const char* line = lines.from; line < lines.to; line += 64) __builtin_prefetch(line);
+      }
       for (int64_t q = plan.image_start[b]; q < q_end; ++q) {
         const int64_t k = plan.order[q];
         const Placement& p = plan.placements[k];
@@ -169,12 +175,15 @@ void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) 
           return use;
         };
         for (int64_t y = y_begin; y < y_end; ++y) {
-          prefetch_next();
+          Lines lines = next_lines();
           const Taps<T>& t = plan.row_taps[p.row_offset + (y - p.cy0)];
           // Resizing the first tap must not evict the second if it is held.
           const int s0 = row(t.i0, held[0] == t.i1 ? 0 : (held[1] == t.i1 ? 1 : -1));
           const int s1 = row(t.i1, s0);
-          Rows::vertical(s.mode, plane + y * s.W + p.cx0, slot[s0], slot[s1], t.l0, t.l1, n);
+          // The prefetches spread over the vertical step (a burst of them
+          // stalls once the core's miss queue is full), the rest after it.
+          Rows::vertical(s.mode, plane + y * s.W + p.cx0, slot[s0], slot[s1], t.l0, t.l1, n, lines);
+          for (; lines.from < lines.to; lines.from += 64) __builtin_prefetch(lines.from);
         }
       }
       const int64_t count = plan.image_start[b + 1] - plan.image_start[b];

@@ -34,6 +34,13 @@ struct Columns {
   int32_t window_span;  // Placement::window_span
 };
 
+// Cache lines [from, to) to prefetch, 64 bytes apart; a vertical step issues
+// one per 8 columns and advances `from` past them.
+struct Lines {
+  const char* from;
+  const char* to;
+};
+
 // dst[x] = src[i0[x]] * l0[x] + src[i1[x]] * l1[x]: one map row resized horizontally.
 // out[x] = reduce(out[x], t0[x] * l0 + t1[x] * l1): the vertical step and the
 // reduction into the canvas ("mean" reduces as "sum" and divides at the end).
@@ -44,7 +51,8 @@ struct ScalarRows {
       dst[x] = bilinear::lerp<kFused>(src[col.i0[x]], col.l0[x], src[col.i1[x]], col.l1[x]);
     }
   }
-  static void vertical(Mode mode, T* out, const T* t0, const T* t1, T l0, T l1, int64_t n) {
+  static void vertical(Mode mode, T* out, const T* t0, const T* t1, T l0, T l1, int64_t n,
+                       Lines& /*lines: left to the caller*/) {
     if (mode == Mode::kMax) {
       for (int64_t x = 0; x < n; ++x) {
         const T v = bilinear::lerp<kFused>(t0[x], l0, t1[x], l1);
@@ -113,12 +121,17 @@ struct Avx2Rows {
   }
 
   __attribute__((target("avx2,fma"))) static void vertical(
-      Mode mode, float* out, const float* t0, const float* t1, float l0, float l1, int64_t n) {
+      Mode mode, float* out, const float* t0, const float* t1, float l0, float l1, int64_t n,
+      Lines& lines) {
     const __m256 vl0 = _mm256_set1_ps(l0);
     const __m256 vl1 = _mm256_set1_ps(l1);
     int64_t x = 0;
     if (mode == Mode::kMax) {
       for (; x + 8 <= n; x += 8) {
+        if (lines.from < lines.to) {
+          __builtin_prefetch(lines.from);
+          lines.from += 64;
+        }
         const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(t0 + x), vl0,
                                          _mm256_mul_ps(_mm256_loadu_ps(t1 + x), vl1));
         const __m256 o = _mm256_loadu_ps(out + x);
@@ -132,6 +145,10 @@ struct Avx2Rows {
       }
     } else {
       for (; x + 8 <= n; x += 8) {
+        if (lines.from < lines.to) {
+          __builtin_prefetch(lines.from);
+          lines.from += 64;
+        }
         const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(t0 + x), vl0,
                                          _mm256_mul_ps(_mm256_loadu_ps(t1 + x), vl1));
         _mm256_storeu_ps(out + x, _mm256_add_ps(_mm256_loadu_ps(out + x), v));
