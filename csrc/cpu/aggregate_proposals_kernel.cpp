@@ -44,6 +44,7 @@ namespace {
 
 using bilinear::Taps;
 using cpu::Columns;
+using cpu::Lines;
 using cpu::Placement;
 using cpu::Plan;
 using cpu::ScalarRows;
@@ -84,7 +85,7 @@ int64_t band_rows(const Shape& s) {
   return std::max<int64_t>(8, (s.H + bands - 1) / bands);
 }
 
-constexpr int64_t kPrefetchRows = 10;
+constexpr int64_t kPrefetchRows = 8;
 
 template <typename T, bool kFused, typename Rows>
 void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) {
@@ -103,7 +104,51 @@ void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) 
       T* plane = out + (b * s.C + c) * s.H * s.W;
       // The canvas starts at zero; zeroed here, by the thread that owns it.
       std::fill(plane + r0 * s.W, plane + r1 * s.W, T(0));
-      for (int64_t q = plan.image_start[b]; q < plan.image_start[b + 1]; ++q) {
+      const int64_t q_end = plan.image_start[b + 1];
+      // The first proposal from q on that covers rows of this band.
+      auto covering = [&](int64_t q) {
+        for (; q < q_end; ++q) {
+          const Placement& p = plan.placements[plan.order[q]];
+          if (std::max(r0, p.cy0) < std::min(r1, p.cy1)) break;
+        }
+        return q;
+      };
+      // The map rows this task reads, asked for ahead of their reads: a cursor
+      // kPrefetchRows output rows ahead over (proposal, output row), which
+      // prefetches the part of each tap row the box's columns use, once,
+      // crossing into the next proposal's map before the current one ends.
+      int64_t ahead_q = covering(plan.image_start[b]);
+      int64_t ahead_y = 0, ahead_last = -1;
+      if (ahead_q < q_end) ahead_y = std::max(r0, plan.placements[plan.order[ahead_q]].cy0);
+      auto next_lines = [&]() -> Lines {
+        Lines lines{nullptr, nullptr};
+        if (ahead_q >= q_end) return lines;
+        const int64_t k = plan.order[ahead_q];
+        const Placement& p = plan.placements[k];
+        const Taps<T>& t = plan.row_taps[p.row_offset + (ahead_y - p.cy0)];
+        // The rows not asked for yet: {i0, i1} or one of them, adjacent.
+        const int64_t lo = std::max(t.i0, ahead_last + 1), hi = t.i1;
+        if (lo <= hi) {
+          ahead_last = hi;
+          const int64_t first = plan.col_i0[p.col_offset];
+          const int64_t last = plan.col_i1[p.col_offset + (p.cx1 - p.cx0) - 1];
+          const T* map = maps + (k * s.C + c) * s.h * s.w;
+          const char* from = reinterpret_cast<const char*>(map + lo * s.w + first);
+          lines.from = from - reinterpret_cast<uintptr_t>(from) % 64;
+          lines.to = reinterpret_cast<const char*>(map + hi * s.w + last + 1);
+        }
+        if (++ahead_y >= std::min(r1, p.cy1)) {
+          ahead_q = covering(ahead_q + 1);
+          ahead_last = -1;
+          if (ahead_q < q_end) ahead_y = std::max(r0, plan.placements[plan.order[ahead_q]].cy0);
+        }
+        return lines;
+      };
+      for (int64_t d = 0; d < kPrefetchRows; ++d) {
+        const Lines lines = next_lines();
+        for (const char* line = lines.from; line < lines.to; line += 64) __builtin_prefetch(line);
+      }
+      for (int64_t q = plan.image_start[b]; q < q_end; ++q) {
         const int64_t k = plan.order[q];
         const Placement& p = plan.placements[k];
         const int64_t y_begin = std::max(r0, p.cy0);
@@ -115,7 +160,8 @@ void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) 
         const Columns<T> columns{plan.col_i0.data() + j, plan.col_i1.data() + j,
                                  plan.col_l0.data() + j, plan.col_l1.data() + j,
                                  plan.window_base.data() + p.window_offset,
-                                 plan.col_rel0.data() + j, plan.col_rel1.data() + j};
+                                 plan.col_rel0.data() + j, plan.col_rel1.data() + j,
+                                 static_cast<int32_t>(p.window_span)};
         int64_t held[2] = {-1, -1};
         T* slot[2] = {buffer.data(), buffer.data() + s.W};
         // The slot holding map row `i`, resizing it into a slot other than
@@ -124,24 +170,20 @@ void aggregate_into(const Shape& s, const T* maps, const Plan<T>& plan, T* out) 
           if (held[0] == i) return 0;
           if (held[1] == i) return 1;
           const int use = (keep == 0) ? 1 : 0;
-          // The map plane is walked top to bottom: ask for the rows a few
-          // steps ahead now (the gathers below stall on cache misses otherwise).
-          if (i + kPrefetchRows < s.h) {
-            const char* ahead = reinterpret_cast<const char*>(map + (i + kPrefetchRows) * s.w);
-            for (int64_t byte = 0; byte < s.w * static_cast<int64_t>(sizeof(T)); byte += 64) {
-              __builtin_prefetch(ahead + byte);
-            }
-          }
           Rows::horizontal(map + i * s.w, columns, slot[use], n);
           held[use] = i;
           return use;
         };
         for (int64_t y = y_begin; y < y_end; ++y) {
+          Lines lines = next_lines();
           const Taps<T>& t = plan.row_taps[p.row_offset + (y - p.cy0)];
           // Resizing the first tap must not evict the second if it is held.
           const int s0 = row(t.i0, held[0] == t.i1 ? 0 : (held[1] == t.i1 ? 1 : -1));
           const int s1 = row(t.i1, s0);
-          Rows::vertical(s.mode, plane + y * s.W + p.cx0, slot[s0], slot[s1], t.l0, t.l1, n);
+          // The prefetches spread over the vertical step (a burst of them
+          // stalls once the core's miss queue is full), the rest after it.
+          Rows::vertical(s.mode, plane + y * s.W + p.cx0, slot[s0], slot[s1], t.l0, t.l1, n, lines);
+          for (; lines.from < lines.to; lines.from += 64) __builtin_prefetch(lines.from);
         }
       }
       const int64_t count = plan.image_start[b + 1] - plan.image_start[b];

@@ -30,6 +30,10 @@ struct Placement {
   int64_t row_offset;          // first row tap of this proposal
   int64_t col_offset;          // first column tap of this proposal
   int64_t window_offset;       // first 8-column window of this proposal
+  // 8: every window's taps lie in the 8 map columns [base, base + 8) (boxes
+  // wider than ~1.15x the map: one load per window); 16: windows use 16
+  // columns, or gather where base = -1.
+  int32_t window_span;
 };
 
 template <typename T>
@@ -54,6 +58,25 @@ template <typename T>
 inline void add_windows(Plan<T>& plan, Placement& p, int64_t w) {
   p.window_offset = static_cast<int64_t>(plan.window_base.size());
   const int64_t n = p.cx1 - p.cx0;
+  // One load per window where every window's taps fit in 8 columns.
+  bool fits8 = w >= 8;
+  for (int64_t q = 0; q + 8 <= n && fits8; q += 8) {
+    const int64_t j = p.col_offset + q;
+    fits8 = plan.col_i1[j + 7] - plan.col_i0[j] < 8;
+  }
+  p.window_span = fits8 ? 8 : 16;
+  if (fits8) {
+    for (int64_t q = 0; q + 8 <= n; q += 8) {
+      const int64_t j = p.col_offset + q;
+      const int64_t base = std::min<int64_t>(plan.col_i0[j], w - 8);
+      plan.window_base.push_back(static_cast<int32_t>(base));
+      for (int64_t x = 0; x < 8; ++x) {
+        plan.col_rel0[j + x] = static_cast<int32_t>(plan.col_i0[j + x] - base);
+        plan.col_rel1[j + x] = static_cast<int32_t>(plan.col_i1[j + x] - base);
+      }
+    }
+    return;
+  }
   for (int64_t q = 0; q + 8 <= n; q += 8) {
     const int64_t j = p.col_offset + q;
     const int64_t first = plan.col_i0[j];

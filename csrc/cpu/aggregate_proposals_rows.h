@@ -31,6 +31,14 @@ struct Columns {
   const int32_t* window_base;
   const int32_t* rel0;
   const int32_t* rel1;
+  int32_t window_span;  // Placement::window_span
+};
+
+// Cache lines [from, to) to prefetch, 64 bytes apart; a vertical step issues
+// one per 8 columns and advances `from` past them.
+struct Lines {
+  const char* from;
+  const char* to;
 };
 
 // dst[x] = src[i0[x]] * l0[x] + src[i1[x]] * l1[x]: one map row resized horizontally.
@@ -43,7 +51,8 @@ struct ScalarRows {
       dst[x] = bilinear::lerp<kFused>(src[col.i0[x]], col.l0[x], src[col.i1[x]], col.l1[x]);
     }
   }
-  static void vertical(Mode mode, T* out, const T* t0, const T* t1, T l0, T l1, int64_t n) {
+  static void vertical(Mode mode, T* out, const T* t0, const T* t1, T l0, T l1, int64_t n,
+                       Lines& /*lines: left to the caller*/) {
     if (mode == Mode::kMax) {
       for (int64_t x = 0; x < n; ++x) {
         const T v = bilinear::lerp<kFused>(t0[x], l0, t1[x], l1);
@@ -68,35 +77,61 @@ struct Avx2Rows {
   }
 
   __attribute__((target("avx2,fma"))) static void horizontal(
-      const float* src, const Columns<float>& col, float* dst, int64_t n) {
+      const float* __restrict__ src, const Columns<float>& col, float* __restrict__ dst,
+      int64_t n) {
+    // Local copies: dst may not alias the taps, so they stay in registers.
+    const int32_t* __restrict__ i0 = col.i0;
+    const int32_t* __restrict__ i1 = col.i1;
+    const float* __restrict__ l0 = col.l0;
+    const float* __restrict__ l1 = col.l1;
+    const int32_t* __restrict__ window_base = col.window_base;
+    const int32_t* __restrict__ rel0 = col.rel0;
+    const int32_t* __restrict__ rel1 = col.rel1;
     int64_t x = 0;
-    for (; x + 8 <= n; x += 8) {
-      const int32_t base = col.window_base[x / 8];
-      __m256 a, b;
-      if (base >= 0) {
-        const __m256 lo = _mm256_loadu_ps(src + base);
-        const __m256 hi = _mm256_loadu_ps(src + base + 8);
-        a = pick(lo, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col.rel0 + x)));
-        b = pick(lo, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col.rel1 + x)));
-      } else {
-        a = _mm256_i32gather_ps(
-            src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col.i0 + x)), 4);
-        b = _mm256_i32gather_ps(
-            src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col.i1 + x)), 4);
+    if (col.window_span == 8) {
+      for (; x + 8 <= n; x += 8) {
+        const __m256 v = _mm256_loadu_ps(src + window_base[x / 8]);
+        const __m256 a = _mm256_permutevar8x32_ps(
+            v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rel0 + x)));
+        const __m256 b = _mm256_permutevar8x32_ps(
+            v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rel1 + x)));
+        const __m256 bl = _mm256_mul_ps(b, _mm256_loadu_ps(l1 + x));
+        _mm256_storeu_ps(dst + x, _mm256_fmadd_ps(a, _mm256_loadu_ps(l0 + x), bl));
       }
-      const __m256 bl = _mm256_mul_ps(b, _mm256_loadu_ps(col.l1 + x));
-      _mm256_storeu_ps(dst + x, _mm256_fmadd_ps(a, _mm256_loadu_ps(col.l0 + x), bl));
+    } else {
+      for (; x + 8 <= n; x += 8) {
+        const int32_t base = window_base[x / 8];
+        __m256 a, b;
+        if (base >= 0) {
+          const __m256 lo = _mm256_loadu_ps(src + base);
+          const __m256 hi = _mm256_loadu_ps(src + base + 8);
+          a = pick(lo, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rel0 + x)));
+          b = pick(lo, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rel1 + x)));
+        } else {
+          a = _mm256_i32gather_ps(
+              src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + x)), 4);
+          b = _mm256_i32gather_ps(
+              src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + x)), 4);
+        }
+        const __m256 bl = _mm256_mul_ps(b, _mm256_loadu_ps(l1 + x));
+        _mm256_storeu_ps(dst + x, _mm256_fmadd_ps(a, _mm256_loadu_ps(l0 + x), bl));
+      }
     }
-    for (; x < n; ++x) dst[x] = std::fma(src[col.i0[x]], col.l0[x], src[col.i1[x]] * col.l1[x]);
+    for (; x < n; ++x) dst[x] = std::fma(src[i0[x]], l0[x], src[i1[x]] * l1[x]);
   }
 
   __attribute__((target("avx2,fma"))) static void vertical(
-      Mode mode, float* out, const float* t0, const float* t1, float l0, float l1, int64_t n) {
+      Mode mode, float* out, const float* t0, const float* t1, float l0, float l1, int64_t n,
+      Lines& lines) {
     const __m256 vl0 = _mm256_set1_ps(l0);
     const __m256 vl1 = _mm256_set1_ps(l1);
     int64_t x = 0;
     if (mode == Mode::kMax) {
       for (; x + 8 <= n; x += 8) {
+        if (lines.from < lines.to) {
+          __builtin_prefetch(lines.from);
+          lines.from += 64;
+        }
         const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(t0 + x), vl0,
                                          _mm256_mul_ps(_mm256_loadu_ps(t1 + x), vl1));
         const __m256 o = _mm256_loadu_ps(out + x);
@@ -110,6 +145,10 @@ struct Avx2Rows {
       }
     } else {
       for (; x + 8 <= n; x += 8) {
+        if (lines.from < lines.to) {
+          __builtin_prefetch(lines.from);
+          lines.from += 64;
+        }
         const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(t0 + x), vl0,
                                          _mm256_mul_ps(_mm256_loadu_ps(t1 + x), vl1));
         _mm256_storeu_ps(out + x, _mm256_add_ps(_mm256_loadu_ps(out + x), v));
