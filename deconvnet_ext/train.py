@@ -468,7 +468,8 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
                     split: str = "train", vgg_weights: Optional[Union[str, Path]] = None,
                     crop_options: Optional[Dict[str, Any]] = None, resume: bool = False,
                     on_step: Optional[OnStep] = None,
-                    encoder: Optional[Union[str, Path]] = None) -> TrainSummary:
+                    encoder: Optional[Union[str, Path]] = None,
+                    stage2_lr: Optional[float] = None) -> TrainSummary:
     """DeconvNet's two-stage training.
 
     data: a VOC root (read with data.voc.VOCSegmentation(root, split)), a VOC-style
@@ -479,7 +480,9 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     is replaced by stage1_steps / stage2_steps). ``crop_options`` go to InstanceCrops
     (default cache_dir: out_dir/proposal_cache). Writes out_dir/stage1/, out_dir/stage2/
     and the final out_dir/deconvnet.pt. ``encoder``: a ``deconvnet pretrain`` file whose
-    encoder (convs, fc6, fc7) initialises the network (after ``vgg_weights``)."""
+    encoder (convs, fc6, fc7) initialises the network (after ``vgg_weights``).
+    ``stage2_lr``: stage 2's base learning rate (None: ``config.lr``, as stage 1) -- stage
+    2 fine-tunes stage 1's network, and a rate that suits training it may undo it."""
     config = config or TrainConfig()
     out_dir = Path(out_dir)
     ctx = setup_distributed(config.device)
@@ -502,9 +505,13 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     if ctx.is_main:
         print(f"DeconvNet ({arch}): {model.num_parameters:,} parameters; "
               f"stage 1 on {len(stage_data[0])} crops, stage 2 on {len(stage_data[1])}")
+    if stage2_lr is not None and not stage2_lr > 0:
+        raise ValueError(f"stage2_lr must be > 0, got {stage2_lr}")
+    rates = (config.lr, config.lr if stage2_lr is None else float(stage2_lr))
     results = []
-    for number, (dataset, steps) in enumerate(zip(stage_data, (stage1_steps, stage2_steps)), 1):
-        result = fit(model, dataset, dataclasses.replace(config, steps=steps),
+    for number, (dataset, steps, lr) in enumerate(
+            zip(stage_data, (stage1_steps, stage2_steps), rates), 1):
+        result = fit(model, dataset, dataclasses.replace(config, steps=steps, lr=lr),
                      out_dir / f"stage{number}", resume=resume, stage=f"stage{number}",
                      on_step=on_step)
         results.append(result)
@@ -561,6 +568,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="samples per micro-batch per process")
     parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per step (original: 8)")
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--stage2-lr", type=float, default=None,
+                        help="DeconvNet stage 2's learning rate (default: --lr)")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=0.0005)
     parser.add_argument("--lr-step", type=int, default=None,
@@ -606,7 +615,8 @@ def run_cli(args: argparse.Namespace) -> int:
                 pool_impl=args.pool_impl, stage1_steps=args.stage1_steps,
                 stage2_steps=args.stage2_steps, config=config, split=args.split,
                 vgg_weights=args.vgg_weights, resume=args.resume,
-                crop_options={"proposals": args.proposals}, encoder=encoder))
+                crop_options={"proposals": args.proposals}, encoder=encoder,
+                stage2_lr=args.stage2_lr))
         if args.model in ("fcn8s", "both"):
             summaries.append(train_fcn(
                 args.data, args.out, arch=args.arch, num_classes=args.num_classes,

@@ -140,6 +140,30 @@ def test_two_stages_chain_and_fcn(tmp_path):
     assert fmeta["kind"] == "fcn8s" and fmodel(torch.randn(1, 3, 40, 52)).shape == (1, NUM_CLASSES, 40, 52)
 
 
+def test_stage2_lr_applies_to_stage_2_only(tmp_path):
+    cfg = _config(steps=1, accumulate=1, lr=0.05, lr_step=0)
+    summary = train_deconvnet((Squares(6, seed=1), Squares(6, seed=2)), tmp_path / "d",
+                              num_classes=NUM_CLASSES, stage1_steps=2, stage2_steps=2,
+                              config=cfg, stage2_lr=0.01)
+    rates = {}
+    for stage in ("stage1", "stage2"):
+        lines = (tmp_path / "d" / stage / "log.jsonl").read_text().splitlines()
+        rates[stage] = {json.loads(line)["lr"] for line in lines if '"lr"' in line}
+    assert rates == {"stage1": {0.05}, "stage2": {0.01}}
+    # the same as fine-tuning stage 1's weights at 0.01 by hand
+    model, _ = load_model(summary.path)
+    stage1, _ = load_model(tmp_path / "d" / "stage1" / "model.pt")
+    replay = fit(stage1.train(), Squares(6, seed=2),
+                 TrainConfig(**{**cfg.__dict__, "steps": 2, "lr": 0.01}),
+                 tmp_path / "replay", stage="stage2")
+    for a, b in zip(replay.model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="stage2_lr"):
+        train_deconvnet((Squares(2, seed=1), Squares(2, seed=2)), tmp_path / "e",
+                        num_classes=NUM_CLASSES, stage1_steps=1, stage2_steps=1,
+                        config=cfg, stage2_lr=0.0)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_amp_training_on_cuda(tmp_path):
