@@ -20,7 +20,6 @@ attached as ``__cause__``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing as mp
 import os
 import pickle
@@ -244,30 +243,6 @@ def _worker_main(state: Any, tasks, results, main_pid: int, niceness: int = 0) -
     results.join_thread()
 
 
-@contextlib.contextmanager
-def _ctrl_c_held(start_method: str):
-    """While workers start, a Ctrl-C must neither reach a half-started child nor get
-    lost: starting one can take seconds on a loaded machine (the parent waits while the
-    child reads its state). Forkserver children are forked by the server, which ignores
-    SIGINT (``prestart``), so here Ctrl-C is only recorded, and raised again once the
-    loop ends. With fork and spawn, the children inherit
-    the parent's disposition at birth: "ignore" (Python keeps an inherited SIG_IGN;
-    a caught signal would become the default after exec), and a Ctrl-C in that window
-    is lost -- one reason forkserver is the default."""
-    if start_method == "forkserver":
-        prestart(start_method)  # the server exists, ignoring SIGINT, before any child
-        held = []
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    else:
-        held, previous = [], signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:  # now to the handler it was meant for (Python's: KeyboardInterrupt)
-        signal.raise_signal(signal.SIGINT)
-
-
 class WorkerPool:
     """``processes`` worker processes that run ``fn(state, *args)`` tasks.
 
@@ -287,18 +262,22 @@ class WorkerPool:
         self._pending: Dict[int, Any] = {}
         self._closed = False
         self._processes = []
+        # Children inherit "ignore SIGINT" from the moment they exist (spawned ones
+        # too: Python keeps an inherited SIG_IGN), not only once _worker_main runs.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            with _ctrl_c_held(self.start_method):
-                for i in range(processes):
-                    p = ctx.Process(target=_worker_main,
-                                    args=(state, self._tasks, self._results, os.getpid(),
-                                          worker_niceness()),
-                                    name=f"deconvnet-worker-{i}", daemon=True)
-                    p.start()
-                    self._processes.append(p)
-        except BaseException:  # a Ctrl-C held while they started included
+            for i in range(processes):
+                p = ctx.Process(target=_worker_main,
+                                args=(state, self._tasks, self._results, os.getpid(),
+                                      worker_niceness()),
+                                name=f"deconvnet-worker-{i}", daemon=True)
+                p.start()
+                self._processes.append(p)
+        except BaseException:
             self.terminate()
             raise
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     @property
     def processes(self) -> int:

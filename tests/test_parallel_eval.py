@@ -268,26 +268,3 @@ def test_workers_run_below_the_main_process(setting, monkeypatch):
         pool.submit(_own_niceness)
         _, theirs = pool.next_result()
     assert theirs == min(19, mine + wanted)
-
-
-def test_ctrl_c_while_the_workers_start_is_not_lost(monkeypatch):
-    """A Ctrl-C that arrives while the pool starts its workers (seconds on a loaded
-    machine) stops the run like any other: KeyboardInterrupt, no worker left."""
-    from deconvnet_ext import parallel
-    method = parallel._start_method()
-    if method != "forkserver":
-        pytest.skip("with fork/spawn a Ctrl-C during the start is ignored (documented)")
-    process_class = parallel._context(method).Process
-    original_start = process_class.start
-    started = []
-
-    def start_then_ctrl_c(self):
-        original_start(self)
-        started.append(self)
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the first worker
-
-    monkeypatch.setattr(process_class, "start", start_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        parallel.WorkerPool(2)
-    assert len(started) == 2  # the start loop ran to the end, then raised
-    assert not any(p.is_alive() for p in started)
