@@ -183,7 +183,11 @@ def test_stopping_the_run_stops_the_workers(tiny, tmp_path, stop):
          *tiny["models"], *FAST, "--workers", "2", "--crf-iterations", "20000",
          "--out", str(out)],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)  # its own process group, as a terminal's job
+        start_new_session=True,  # its own process group, as a terminal's job
+        # and Ctrl-C at its default, as a shell gives a job: an "ignore SIGINT" left in
+        # this pytest process by an earlier test would be inherited through exec, and
+        # the run would then rightly ignore the Ctrl-C and never stop
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while True:  # the workers: grandchildren (the fork server's children)
