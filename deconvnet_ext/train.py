@@ -484,6 +484,8 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     ``stage2_lr``: stage 2's base learning rate (None: ``config.lr``, as stage 1) -- stage
     2 fine-tunes stage 1's network, and a rate that suits training it may undo it."""
     config = config or TrainConfig()
+    if stage2_lr is not None and not stage2_lr > 0:  # before the crops and stage 1, not after
+        raise ValueError(f"stage2_lr must be > 0, got {stage2_lr}")
     out_dir = Path(out_dir)
     ctx = setup_distributed(config.device)
     torch.manual_seed(config.seed)
@@ -505,8 +507,6 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     if ctx.is_main:
         print(f"DeconvNet ({arch}): {model.num_parameters:,} parameters; "
               f"stage 1 on {len(stage_data[0])} crops, stage 2 on {len(stage_data[1])}")
-    if stage2_lr is not None and not stage2_lr > 0:
-        raise ValueError(f"stage2_lr must be > 0, got {stage2_lr}")
     rates = (config.lr, config.lr if stage2_lr is None else float(stage2_lr))
     results = []
     for number, (dataset, steps, lr) in enumerate(
