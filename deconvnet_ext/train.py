@@ -469,7 +469,8 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
                     crop_options: Optional[Dict[str, Any]] = None, resume: bool = False,
                     on_step: Optional[OnStep] = None,
                     encoder: Optional[Union[str, Path]] = None,
-                    stage2_lr: Optional[float] = None) -> TrainSummary:
+                    stage2_lr: Optional[float] = None,
+                    stage1_lr_step: Optional[int] = None) -> TrainSummary:
     """DeconvNet's two-stage training.
 
     data: a VOC root (read with data.voc.VOCSegmentation(root, split)), a VOC-style
@@ -482,10 +483,17 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
     and the final out_dir/deconvnet.pt. ``encoder``: a ``deconvnet pretrain`` file whose
     encoder (convs, fc6, fc7) initialises the network (after ``vgg_weights``).
     ``stage2_lr``: stage 2's base learning rate (None: ``config.lr``, as stage 1) -- stage
-    2 fine-tunes stage 1's network, and a rate that suits training it may undo it."""
+    2 fine-tunes stage 1's network, and a rate that suits training it may undo it.
+    ``stage1_lr_step``: stage 1's steps between lr decays (None: ``config.lr_step``; 0:
+    constant), for a stage 1 that wants its decay earlier than stage 2 does."""
     config = config or TrainConfig()
-    if stage2_lr is not None and not stage2_lr > 0:  # before the crops and stage 1, not after
+    # checked before the crops and stage 1 are built, not after
+    if stage2_lr is not None and not stage2_lr > 0:
         raise ValueError(f"stage2_lr must be > 0, got {stage2_lr}")
+    if stage1_lr_step is not None and (not isinstance(stage1_lr_step, int)
+                                       or stage1_lr_step < 0):
+        raise ValueError(f"stage1_lr_step must be None or a non-negative int, "
+                         f"got {stage1_lr_step!r}")
     out_dir = Path(out_dir)
     ctx = setup_distributed(config.device)
     torch.manual_seed(config.seed)
@@ -508,10 +516,12 @@ def train_deconvnet(data: DataArg, out_dir: Union[str, Path], *, arch: str = "ti
         print(f"DeconvNet ({arch}): {model.num_parameters:,} parameters; "
               f"stage 1 on {len(stage_data[0])} crops, stage 2 on {len(stage_data[1])}")
     rates = (config.lr, config.lr if stage2_lr is None else float(stage2_lr))
+    decays = (config.lr_step if stage1_lr_step is None else stage1_lr_step, config.lr_step)
     results = []
-    for number, (dataset, steps, lr) in enumerate(
-            zip(stage_data, (stage1_steps, stage2_steps), rates), 1):
-        result = fit(model, dataset, dataclasses.replace(config, steps=steps, lr=lr),
+    for number, (dataset, steps, lr, lr_step) in enumerate(
+            zip(stage_data, (stage1_steps, stage2_steps), rates, decays), 1):
+        result = fit(model, dataset,
+                     dataclasses.replace(config, steps=steps, lr=lr, lr_step=lr_step),
                      out_dir / f"stage{number}", resume=resume, stage=f"stage{number}",
                      on_step=on_step)
         results.append(result)
@@ -570,6 +580,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--stage2-lr", type=float, default=None,
                         help="DeconvNet stage 2's learning rate (default: --lr)")
+    parser.add_argument("--stage1-lr-step", type=int, default=None,
+                        help="DeconvNet stage 1's steps between x0.1 decays (default: "
+                             "--lr-step)")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=0.0005)
     parser.add_argument("--lr-step", type=int, default=None,
@@ -616,7 +629,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 stage2_steps=args.stage2_steps, config=config, split=args.split,
                 vgg_weights=args.vgg_weights, resume=args.resume,
                 crop_options={"proposals": args.proposals}, encoder=encoder,
-                stage2_lr=args.stage2_lr))
+                stage2_lr=args.stage2_lr, stage1_lr_step=args.stage1_lr_step))
         if args.model in ("fcn8s", "both"):
             summaries.append(train_fcn(
                 args.data, args.out, arch=args.arch, num_classes=args.num_classes,

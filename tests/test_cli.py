@@ -77,6 +77,8 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     # a bad option value
     assert "max_proposals" in _one_line_error(
         capsys, ["predict", str(image), "--checkpoint", str(junk), "--max-proposals", "0"])
+    assert "--stage1-decay-at" in _one_line_error(
+        capsys, ["demo", "--quick", "--out", str(tmp_path / "d"), "--stage1-decay-at", "0"])
 
 
 @pytest.mark.slow
@@ -86,6 +88,10 @@ def test_cli_end_to_end_on_a_tiny_generated_dataset(tmp_path, capsys):
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     variants = results["variants"]
+    # the demo's own inference defaults, not the library's (see deconvnet_ext/demo.py)
+    from deconvnet_ext import demo
+    assert results["config"]["context"] == demo.DEMO_CONTEXT
+    assert results["config"]["min_size"] == demo.DEMO_MIN_SIZE
     assert list(variants) == ["FCN-8s", "DeconvNet", "DeconvNet+CRF", "EDeconvNet",
                               "EDeconvNet+CRF"]
     for summary in variants.values():

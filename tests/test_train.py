@@ -164,6 +164,25 @@ def test_stage2_lr_applies_to_stage_2_only(tmp_path):
                         config=cfg, stage2_lr=0.0)
 
 
+def test_stage1_lr_step_applies_to_stage_1_only(tmp_path):
+    cfg = _config(steps=1, accumulate=1, lr=0.05, lr_step=0)
+    train_deconvnet((Squares(6, seed=1), Squares(6, seed=2)), tmp_path / "d",
+                    num_classes=NUM_CLASSES, stage1_steps=4, stage2_steps=2,
+                    config=cfg, stage1_lr_step=2)
+    rates = {}
+    for stage in ("stage1", "stage2"):
+        lines = (tmp_path / "d" / stage / "log.jsonl").read_text().splitlines()
+        rates[stage] = [json.loads(line)["lr"] for line in lines if '"lr"' in line]
+    # stage 1 decays x0.1 after 2 of its 4 steps; stage 2 keeps config's constant rate
+    assert rates["stage1"] == pytest.approx([0.05, 0.05, 0.005, 0.005])
+    assert rates["stage2"] == pytest.approx([0.05, 0.05])
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="stage1_lr_step"):
+            train_deconvnet((Squares(2, seed=1), Squares(2, seed=2)), tmp_path / "e",
+                            num_classes=NUM_CLASSES, stage1_steps=1, stage2_steps=1,
+                            config=cfg, stage1_lr_step=bad)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_amp_training_on_cuda(tmp_path):
