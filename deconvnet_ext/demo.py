@@ -63,7 +63,6 @@ DECONVNET_STAGE2_LR = 0.01    # --stage2-lr default
 # split (demo --seed 2000004) DeconvNet read 20.7 -> 20.4 and ground-truth boxes
 # 41.2 -> 32.0: the gain did not replicate, so the defaults stayed.
 DECONVNET_STAGE1_DECAY_AT = 0.75
-DEMO_CONTEXT = 1.2            # --context default of the demo (the paper's, as the library's)
 MASK_VARIANT_ORDER = ("EDeconvNet+CRF", "EDeconvNet", "DeconvNet+CRF", "DeconvNet", "FCN-8s")
 
 
@@ -122,7 +121,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     # synthetic object under it: min size 0 raises recall at IoU 0.5 from 0.36 to 0.55 at
     # the same cost. (Mean IU barely moves while the network is the bottleneck: on the
     # 2026-12-03 checkpoints DeconvNet 8.7 -> 8.6, EDeconvNet 26.6 -> 27.2.)
-    parser.set_defaults(min_size=DEMO_MIN_SIZE, context=DEMO_CONTEXT)
+    parser.set_defaults(min_size=DEMO_MIN_SIZE)
 
 
 def _sizes(args: argparse.Namespace) -> dict:

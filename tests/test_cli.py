@@ -88,9 +88,10 @@ def test_cli_end_to_end_on_a_tiny_generated_dataset(tmp_path, capsys):
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     variants = results["variants"]
-    # the demo's own inference defaults, not the library's (see deconvnet_ext/demo.py)
+    # the demo's own min size, the library's context (see deconvnet_ext/demo.py)
     from deconvnet_ext import demo
-    assert results["config"]["context"] == demo.DEMO_CONTEXT
+    from deconvnet_ext.infer import InferenceConfig
+    assert results["config"]["context"] == InferenceConfig().context
     assert results["config"]["min_size"] == demo.DEMO_MIN_SIZE
     assert list(variants) == ["FCN-8s", "DeconvNet", "DeconvNet+CRF", "EDeconvNet",
                               "EDeconvNet+CRF"]
