@@ -84,6 +84,14 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def grouped_switches(switches: PoolSwitches, groups: int) -> PoolSwitches:
+    """The switches of a C-channel pool for unpooling ``groups * C`` channels: channel
+    c + j*C is put back where channel c's max was (a decoder wider than its encoder)."""
+    if groups == 1:
+        return switches
+    return switches._replace(switches=switches.switches.repeat(1, groups, 1, 1))
+
+
 class DeconvNet(nn.Module):
     """The deconvolution network of the paper, as the original release builds it.
 
@@ -92,8 +100,9 @@ class DeconvNet(nn.Module):
     and fc7 = 1x1 conv, each with BN + ReLU (no dropout). Decoder: deconv-fc6 = k x k
     transposed conv back to the pool5 size, then per stage (5 down to 1) an unpool with
     the mirrored pool's switches and 3x3 transposed convs with BN + ReLU
-    (512,512,512 / 512,512,256 / 256,256,128 / 128,64 / 64,64 for vgg16); a 1x1 score
-    layer gives raw scores. Decoder weights ~ N(0, 0.01) (the tiny config: He init for
+    (512,512,512 / 512,512,256 / 256,256,128 / 128,64 / 64,64 for vgg16; the tiny
+    config's decoder is wider than its encoder, each unpooling's switches serving
+    several channel groups, see vgg.py); a 1x1 score layer gives raw scores. Decoder weights ~ N(0, 0.01) (the tiny config: He init for
     the transposed convs, see vgg.py).
 
     forward(x: (N,3,H,W) float, H,W >= input_size) -> (N,num_classes,H,W).
@@ -115,18 +124,22 @@ class DeconvNet(nn.Module):
                                       lambda: MaxPool2dWithSwitches(2, 2, pool_impl=pool_impl))
         self.fc6 = ConvBNReLU(widths[-1], fc, k)
         self.fc7 = ConvBNReLU(fc, fc, 1)
-        self.deconv_fc6 = DeconvBNReLU(fc, widths[-1], k)
+        decoder_widths = self.config.decoder_stage_widths
+        # channel groups per unpooling (1 = the paper's mirror), last stage first
+        self.switch_groups = tuple(d // w for d, w in zip(reversed(decoder_widths),
+                                                          reversed(widths)))
+        self.deconv_fc6 = DeconvBNReLU(fc, decoder_widths[-1], k)
         self.unpool = MaxUnpool2dWithSwitches(2, 2)
         stages = []
         for s in reversed(range(5)):  # mirror of encoder stage s
-            count, width = self.config.convs_per_stage[s], widths[s]
-            last = widths[s - 1] if s > 0 else widths[0]
+            count, width = self.config.convs_per_stage[s], decoder_widths[s]
+            last = decoder_widths[s - 1] if s > 0 else decoder_widths[0]
             outs = [width] * (count - 1) + [last]
             ins = [width] + outs[:-1]
             stages.append(nn.Sequential(*(DeconvBNReLU(i, o, 3, padding=1)
                                           for i, o in zip(ins, outs))))
         self.decoder = nn.ModuleList(stages)
-        self.score = nn.Conv2d(widths[0], num_classes, 1)
+        self.score = nn.Conv2d(decoder_widths[0], num_classes, 1)
 
         _init_encoder(list(self.features.modules()) + list(self.fc6.modules())
                       + list(self.fc7.modules()))
@@ -153,8 +166,8 @@ class DeconvNet(nn.Module):
         _check_images(x, self.input_size)
         x, switches = self.encode(x)
         x = self.deconv_fc6(self.fc7(self.fc6(x)))
-        for stage, sw in zip(self.decoder, reversed(switches)):
-            x = stage(self.unpool(x, sw))
+        for stage, sw, groups in zip(self.decoder, reversed(switches), self.switch_groups):
+            x = stage(self.unpool(x, grouped_switches(sw, groups)))
         return self.score(x)
 
     def set_pool_impl(self, pool_impl: str) -> "DeconvNet":

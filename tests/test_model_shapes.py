@@ -129,6 +129,55 @@ def test_tiny_decoder_init_is_he_and_score_gaussian_001():
     assert torch.count_nonzero(model.score.bias) == 0
 
 
+def test_tiny_decoder_is_wider_than_its_encoder():
+    """The tiny decoder's stages are 4/4/2/2/1 times its encoder's widths (vgg.py says
+    why); vgg16 keeps the paper's mirror."""
+    config = ARCHS["tiny"]
+    assert config.decoder_stage_widths == (32, 64, 64, 128, 64)
+    assert ARCHS["vgg16"].decoder_stage_widths == ARCHS["vgg16"].widths
+    model = dx.DeconvNet(num_classes=5, arch="tiny")
+    assert model.switch_groups == (1, 2, 2, 4, 4)  # pool5's switches first
+    assert model.deconv_fc6.deconv.out_channels == 64
+    assert [stage[-1].deconv.out_channels for stage in model.decoder] == [128, 64, 64, 32, 32]
+    assert model.score.in_channels == 32
+
+
+def test_grouped_switches_unpool_each_group_at_the_pools_switches():
+    """Unpooling 3*C channels with grouped_switches equals unpooling each C-channel group
+    with the C-channel pool's own switches."""
+    from deconvnet_ext.model import grouped_switches
+    from deconvnet_ext.nn import MaxPool2dWithSwitches, MaxUnpool2dWithSwitches
+    torch.manual_seed(0)
+    for impl in ("ext", "torch"):
+        pooled, sw = MaxPool2dWithSwitches(2, 2, pool_impl=impl)(torch.randn(2, 4, 8, 6))
+        x = torch.randn(2, 12, 4, 3)
+        unpool = MaxUnpool2dWithSwitches(2, 2)
+        got = unpool(x, grouped_switches(sw, 3))
+        want = torch.cat([unpool(x[:, 4 * j:4 * (j + 1)], sw) for j in range(3)], dim=1)
+        assert torch.equal(got, want), impl
+        assert grouped_switches(sw, 1) is sw
+
+
+def test_decoder_widths_must_be_multiples_of_the_encoders():
+    for bad in ((32, 64, 64, 128), (12, 64, 64, 128, 64), (4, 16, 32, 64, 64)):
+        with pytest.raises(ValueError, match="decoder_widths"):
+            dataclasses.replace(ARCHS["tiny"], decoder_widths=bad)
+
+
+def test_custom_decoder_widths_survive_a_checkpoint(tmp_path):
+    from deconvnet_ext.checkpoint import load_model, save_checkpoint
+    arch = dataclasses.replace(ARCHS["tiny"], name="custom", decoder_widths=(16, 16, 32, 64, 128))
+    torch.manual_seed(0)
+    model = dx.DeconvNet(num_classes=3, arch=arch).eval()
+    assert model.switch_groups == (2, 1, 1, 1, 2)
+    save_checkpoint(tmp_path / "m.pt", model)
+    loaded, meta = load_model(tmp_path / "m.pt")
+    assert loaded.config == arch
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
 @pytest.mark.parametrize("train_mode", [True, False])
 def test_ext_and_torch_pooling_same_outputs_and_gradients(train_mode):
     torch.manual_seed(0)

@@ -99,7 +99,10 @@ def test_library_models_run_in_onnxruntime(kind, tmp_path):
     assert model.training
     assert custom_domain_nodes(path) == []
     model.eval()
-    _check_against_torch(model, path, torch.randn(3, 3, *size))
+    # Relative to the outputs' scale: the tiny DeconvNet's wide decoder (up to 128
+    # channels, 27 layers) rounds to ~2e-5 of its largest logit between torch and
+    # onnxruntime, which at logits of ~8 is already 1.5e-4; a wrong value is off by O(1).
+    _check_against_torch(model, path, torch.randn(3, 3, *size), relative=kind == "deconvnet")
 
 
 def test_static_batch_and_unbatched_pool(tmp_path):

@@ -36,7 +36,7 @@ def test_cli_trains_both_models_on_synthetic_voc(tmp_path, voc_root, capsys):
             "--no-progress"]
     assert run_cli(parser.parse_args(argv)) == 0
     out = capsys.readouterr().out
-    assert "546,509 parameters" in out and "wrote" in out
+    assert "1,018,397 parameters" in out and "wrote" in out
     stage1 = _log(tmp_path / "stage1" / "log.jsonl")
     assert [r["step"] for r in stage1] == list(range(1, 21))
     losses = [r["loss"] for r in stage1]
