@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .crf import CRFParams, dense_crf
+from .data.crops import TRAINING_CROP_CONTEXT
 
 ENSEMBLE_RULES = ("mean", "product")
 AGGREGATION_MODES = ("max", "mean")
@@ -44,7 +45,11 @@ class InferenceConfig:
         (default) scales the original's 112 px on ~500 px VOC images to the image
         (``proposals.scaled_min_size``).
     context: each proposal is enlarged about its centre by this factor before cropping
-        (crops with context; 1.0 = none).
+        (crops with context; 1.0 = none). Default: 1.2 / (250/224) = 1.075, what a
+        training crop shows of its box (``data.crops.TRAINING_CROP_CONTEXT``). At 1.2 the
+        net saw objects smaller than it learnt them and spread them over the crop: on
+        the tuning split (synthetic seed 2000003) 4.5-8% of all pixels were background
+        turned object vs 1.2-1.4% at 1.075 (DeconvNet mean IU 38.3 -> 40.8).
     proposal_method: "selective_search" (OpenCV, fast mode) or "edgeboxes" (needs
         ``edge_model``, a structured-edge model file).
     batch_size: crops per forward pass (an image's crops never share a batch with
@@ -56,7 +61,7 @@ class InferenceConfig:
     """
     max_proposals: int = 50
     min_size: Optional[int] = None
-    context: float = 1.2
+    context: float = TRAINING_CROP_CONTEXT
     proposal_method: str = "selective_search"
     edge_model: Optional[str] = None
     batch_size: int = 64
@@ -93,7 +98,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the original's 112 px at 500 px, scaled to the image)")
     g.add_argument("--context", type=float, default=d.context,
                    help="enlarge each proposal about its centre by this factor before "
-                        "cropping (default %(default)s; 1 = no context)")
+                        "cropping (default %(default).3f, the training crops' own; 1 = no context)")
     g.add_argument("--proposals", dest="proposal_method", default=d.proposal_method,
                    choices=("selective_search", "edgeboxes"),
                    help="proposal generator (default %(default)s)")

@@ -37,6 +37,11 @@ from .transforms import crop_image, crop_label, image_to_tensor
 from .voc import VOCSegmentation, instance_records
 
 RESIZE_RATIO = 250 / 224  # the original: resize to 250, random crop 224
+ENLARGE = 1.2  # training crops: the box enlarged 1.2x about its centre
+# What a training crop shows of its box: the 1.2x box warped to 250 px, 224 of them kept.
+# Inference crops a proposal with this context (infer.InferenceConfig.context), so the
+# network sees objects at the scale it learnt them.
+TRAINING_CROP_CONTEXT = ENLARGE / RESIZE_RATIO
 _CACHE_VERSION = 1
 JITTER_PER_INSTANCE = 10  # jittered boxes per instance for proposals="jitter"
 
@@ -67,7 +72,7 @@ class InstanceCrops(torch.utils.data.Dataset):
     no object -- what max aggregation needs, since every proposal votes."""
 
     def __init__(self, dataset: VOCSegmentation, input_size: int, stage: int = 1, *,
-                 enlarge: float = 1.2, mirror: bool = True, seed: int | None = None,
+                 enlarge: float = ENLARGE, mirror: bool = True, seed: int | None = None,
                  proposals: str = "selective_search", max_proposals: int = 200,
                  min_size: int | None = None, iou_threshold: float = 0.5,
                  oversample: bool = True, max_repeat: int = 8,
