@@ -81,6 +81,24 @@ def test_user_errors_are_one_line(tmp_path, capsys):
         capsys, ["demo", "--quick", "--out", str(tmp_path / "d"), "--stage1-decay-at", "0"])
 
 
+def test_demo_defaults_are_the_measured_recipe():
+    """`deconvnet demo` with no options runs the recipe its comments measure: the demo's
+    own proposal count and minimum size, stage-2 background crops 1 per positive, and
+    inference crops at the training crops' context (the library's default)."""
+    from deconvnet_ext import demo
+    from deconvnet_ext.cli import build_parser
+    from deconvnet_ext.data.crops import TRAINING_CROP_CONTEXT
+    from deconvnet_ext.infer import InferenceConfig, inference_config_from_args
+    args = build_parser("demo").parse_args(["demo"])
+    config = inference_config_from_args(args)
+    assert (config.max_proposals, config.min_size) == (200, 0)
+    assert config.context == InferenceConfig().context == TRAINING_CROP_CONTEXT
+    assert abs(TRAINING_CROP_CONTEXT - 1.2 * 224 / 250) < 1e-12
+    assert args.stage2_negatives == demo.DEMO_STAGE2_NEGATIVES == 1.0
+    sizes = demo._sizes(args)
+    assert (sizes["stage1_steps"], sizes["stage2_steps"], sizes["fcn_steps"]) == (4000, 1500, 750)
+
+
 @pytest.mark.slow
 def test_cli_end_to_end_on_a_tiny_generated_dataset(tmp_path, capsys):
     out = tmp_path / "demo"
