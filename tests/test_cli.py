@@ -96,7 +96,7 @@ def test_demo_defaults_are_the_measured_recipe():
     assert abs(TRAINING_CROP_CONTEXT - 1.2 * 224 / 250) < 1e-12
     assert args.stage2_negatives == demo.DEMO_STAGE2_NEGATIVES == 1.0
     sizes = demo._sizes(args)
-    assert (sizes["stage1_steps"], sizes["stage2_steps"], sizes["fcn_steps"]) == (4000, 1500, 750)
+    assert (sizes["stage1_steps"], sizes["stage2_steps"], sizes["fcn_steps"]) == (4000, 1500, 1500)
 
 
 @pytest.mark.slow
