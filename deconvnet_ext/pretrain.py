@@ -19,6 +19,7 @@ weights bit for bit (the crop stream is seeded per step, the optimiser is plain 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import tempfile
@@ -50,7 +51,12 @@ class EncoderClassifier(nn.Module):
     def __init__(self, arch: str = "tiny", num_classes: int = 21) -> None:
         super().__init__()
         from .model import DeconvNet
-        net = DeconvNet(num_classes=num_classes, arch=arch)
+        from .vgg import get_arch
+        # Built with the mirror decoder (thrown away below): the initialisation then draws
+        # the same random numbers as when the shipped encoder was made, whatever decoder
+        # widths the arch has now, so `--compare` still reproduces it bit for bit.
+        net = DeconvNet(num_classes=num_classes,
+                        arch=dataclasses.replace(get_arch(arch), decoder_widths=None))
         self.input_size = net.input_size
         self.features, self.fc6, self.fc7 = net.features, net.fc6, net.fc7
         self.classifier = nn.Linear(net.config.fc_width, num_classes)

@@ -52,6 +52,26 @@ def test_classifier_runs_the_deconvnet_encoder():
     assert clf(x).shape == (2, 21)
 
 
+def test_classifier_initialisation_ignores_the_decoder_widths(monkeypatch):
+    """The shipped encoder was pre-trained when the tiny decoder was the mirror: the
+    classifier must draw the same initial weights (and leave the generator in the same
+    state) whatever decoder the arch has now, or `--compare` could not reproduce it."""
+    import dataclasses
+    from deconvnet_ext import vgg
+    from deconvnet_ext.pretrain import EncoderClassifier
+    states = []
+    for decoder_widths in (vgg.ARCHS["tiny"].decoder_widths, None):
+        monkeypatch.setitem(vgg.ARCHS, "tiny", dataclasses.replace(
+            vgg.ARCHS["tiny"], decoder_widths=decoder_widths))
+        torch.manual_seed(0)
+        states.append((EncoderClassifier("tiny").state_dict(), torch.rand(4)))
+    assert vgg.ARCHS["tiny"].decoder_widths is None  # the mirror, last
+    (first, after_first), (second, after_second) = states
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert torch.equal(after_first, after_second)
+
+
 def test_wrong_encoder_is_a_clear_error():
     state = EncoderClassifier("tiny").encoder_state()
     with pytest.raises(UserError, match="does not fit"):
