@@ -102,8 +102,8 @@ class DeconvNet(nn.Module):
     the mirrored pool's switches and 3x3 transposed convs with BN + ReLU
     (512,512,512 / 512,512,256 / 256,256,128 / 128,64 / 64,64 for vgg16; the tiny
     config's decoder is wider than its encoder, each unpooling's switches serving
-    several channel groups, see vgg.py); a 1x1 score layer gives raw scores. Decoder weights ~ N(0, 0.01) (the tiny config: He init for
-    the transposed convs, see vgg.py).
+    several channel groups, see vgg.py); a 1x1 score layer gives raw scores. Decoder
+    weights ~ N(0, 0.01) (the tiny config: He init for the transposed convs, see vgg.py).
 
     forward(x: (N,3,H,W) float, H,W >= input_size) -> (N,num_classes,H,W).
     Built for H = W = ``input_size`` (224 for vgg16, 64 for tiny).
