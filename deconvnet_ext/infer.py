@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .crf import CRFParams, dense_crf
-from .data.crops import TRAINING_CROP_CONTEXT
+from .data.crop_geometry import TRAINING_CROP_CONTEXT
 
 ENSEMBLE_RULES = ("mean", "product")
 AGGREGATION_MODES = ("max", "mean")
@@ -46,11 +46,12 @@ class InferenceConfig:
         (``proposals.scaled_min_size``).
     context: each proposal is enlarged about its centre by this factor before cropping
         (crops with context; 1.0 = none). Default: 1.2 / (250/224) = 1.075, what a
-        training crop shows of its box (``data.crops.TRAINING_CROP_CONTEXT``). At 1.2 the
-        net saw objects smaller than it learnt them and spread them over the crop: on
-        the tuning split (synthetic seed 2000003), 1.2 -> 1.075 on the same checkpoints
-        gave DeconvNet 34.9 -> 36.9, 38.3 -> 40.8 and 41.5 -> 44.9 mean IU (three
-        checkpoints); on the second, background turned object 2.7% -> 1.4% of pixels.
+        training crop shows of its box (``data.crop_geometry.TRAINING_CROP_CONTEXT``).
+        At 1.2 the net saw objects smaller than it learnt them and spread them over the
+        crop: on the tuning split (synthetic seed 2000003), 1.2 -> 1.075 on the same
+        checkpoints gave DeconvNet 34.9 -> 36.9, 38.3 -> 40.8 and 41.5 -> 44.9 mean IU
+        (three checkpoints); on the second, background turned object 2.7% -> 1.4% of
+        pixels.
     proposal_method: "selective_search" (OpenCV, fast mode) or "edgeboxes" (needs
         ``edge_model``, a structured-edge model file).
     batch_size: crops per forward pass (an image's crops never share a batch with

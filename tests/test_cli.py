@@ -87,7 +87,7 @@ def test_demo_defaults_are_the_measured_recipe():
     inference crops at the training crops' context (the library's default)."""
     from deconvnet_ext import demo
     from deconvnet_ext.cli import build_parser
-    from deconvnet_ext.data.crops import TRAINING_CROP_CONTEXT
+    from deconvnet_ext.data.crop_geometry import TRAINING_CROP_CONTEXT
     from deconvnet_ext.infer import InferenceConfig, inference_config_from_args
     args = build_parser("demo").parse_args(["demo"])
     config = inference_config_from_args(args)

@@ -32,16 +32,11 @@ import numpy as np
 import torch
 
 from ..proposals import box_iou, propose, scaled_min_size
+from .crop_geometry import ENLARGE, RESIZE_RATIO
 from .palette import IGNORE_INDEX
 from .transforms import crop_image, crop_label, image_to_tensor
 from .voc import VOCSegmentation, instance_records
 
-RESIZE_RATIO = 250 / 224  # the original: resize to 250, random crop 224
-ENLARGE = 1.2  # training crops: the box enlarged 1.2x about its centre
-# What a training crop shows of its box: the 1.2x box warped to 250 px, 224 of them kept.
-# Inference crops a proposal with this context (infer.InferenceConfig.context), so the
-# network sees objects at the scale it learnt them.
-TRAINING_CROP_CONTEXT = ENLARGE / RESIZE_RATIO
 _CACHE_VERSION = 1
 JITTER_PER_INSTANCE = 10  # jittered boxes per instance for proposals="jitter"
 
