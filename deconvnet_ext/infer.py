@@ -33,7 +33,7 @@ from .crf import CRFParams, dense_crf
 from .data.crop_geometry import TRAINING_CROP_CONTEXT
 
 ENSEMBLE_RULES = ("mean", "product")
-AGGREGATION_MODES = ("max", "mean")
+AGGREGATION_MODES = ("max", "mean", "topk")
 
 
 @dataclass
@@ -56,7 +56,10 @@ class InferenceConfig:
         ``edge_model``, a structured-edge model file).
     batch_size: crops per forward pass (an image's crops never share a batch with
         another image's, so its scores do not depend on the images around it).
-    aggregation: "max" (paper) or "mean" over the proposals covering a pixel.
+    aggregation: "max" (paper) or "mean" over the proposals covering a pixel, or "topk":
+        the mean of the ``topk`` largest scores of the proposals covering a pixel (a max
+        that needs a few crops to agree; ``topk_aggregation``).
+    topk: k of the "topk" aggregation (1 is "max").
     ensemble_rule: "mean" of the DeconvNet and FCN-8s probabilities (paper) or "product",
         the original release's ``deconv * max(0, fcn)``.
     crf: dense CRF parameters used by the "+CRF" variants.
@@ -68,6 +71,7 @@ class InferenceConfig:
     edge_model: Optional[str] = None
     batch_size: int = 64
     aggregation: str = "max"
+    topk: int = 5
     ensemble_rule: str = "mean"
     crf: CRFParams = field(default_factory=CRFParams)
 
@@ -79,6 +83,8 @@ class InferenceConfig:
         if self.aggregation not in AGGREGATION_MODES:
             raise ValueError(f"aggregation must be one of {AGGREGATION_MODES}, "
                              f"got {self.aggregation!r}")
+        if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
+            raise ValueError(f"topk must be an int >= 1, got {self.topk!r}")
         if self.ensemble_rule not in ENSEMBLE_RULES:
             raise ValueError(f"ensemble_rule must be one of {ENSEMBLE_RULES}, "
                              f"got {self.ensemble_rule!r}")
@@ -109,7 +115,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="crops per forward pass, within one image (default %(default)s)")
     g.add_argument("--aggregation", default=d.aggregation, choices=AGGREGATION_MODES,
-                   help="how proposal score maps combine per pixel (default %(default)s)")
+                   help="how proposal score maps combine per pixel: max (the paper), mean, "
+                        "or topk, the mean of the --topk largest (default %(default)s)")
+    g.add_argument("--topk", type=int, default=d.topk,
+                   help="k of --aggregation topk (default %(default)s; 1 = max)")
     g.add_argument("--ensemble", dest="ensemble_rule", default=d.ensemble_rule,
                    choices=ENSEMBLE_RULES,
                    help="EDeconvNet rule: mean of probabilities (paper) or the original "
@@ -130,7 +139,8 @@ def inference_config_from_args(args: argparse.Namespace) -> InferenceConfig:
         return InferenceConfig(max_proposals=args.max_proposals, min_size=args.min_size,
                                context=args.context, proposal_method=args.proposal_method,
                                edge_model=args.edge_model, batch_size=args.batch_size,
-                               aggregation=args.aggregation, ensemble_rule=args.ensemble_rule,
+                               aggregation=args.aggregation, topk=args.topk,
+                               ensemble_rule=args.ensemble_rule,
                                crf=CRFParams(iterations=args.crf_iterations))
     except ValueError as exc:  # a bad option value: the user's mistake, one line
         raise UserError(str(exc)) from None
@@ -282,13 +292,17 @@ def deconvnet_crop_maps(model: torch.nn.Module, image: np.ndarray, boxes: torch.
 def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int],
                         config: Optional[InferenceConfig] = None) -> torch.Tensor:
     """One image's crop score maps (K,C,S,S) pasted at their boxes (K,4) and combined
-    per pixel (``config.aggregation``) with ``dx.aggregate_proposals``. Returns float32
-    (C,H,W) on the maps' device."""
+    per pixel (``config.aggregation``): "max" and "mean" with the fused
+    ``dx.aggregate_proposals``, "topk" with ``topk_aggregation.aggregate_topk_mean``.
+    Returns float32 (C,H,W) on the maps' device."""
     from . import aggregate_proposals
 
     config = config or InferenceConfig()
     boxes = torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4).to(maps.device)
     height, width = int(image_size[0]), int(image_size[1])
+    if config.aggregation == "topk":
+        from .topk_aggregation import aggregate_topk_mean
+        return aggregate_topk_mean(maps, boxes, (height, width), config.topk)
     return aggregate_proposals(maps, boxes, image_size=(height, width), mode=config.aggregation)
 
 

@@ -1,0 +1,65 @@
+"""Top-k mean aggregation: a robust form of DeconvNet's max over proposals.
+
+Per pixel and class, the mean of the k largest scores among the proposal maps that cover
+the pixel (fewer than k cover it: the mean of those), floored at 0 like the max canvas of
+``aggregate_proposals``; a pixel no proposal covers is 0. k = 1 is exactly the op's "max".
+
+Why: with max aggregation one crop that hallucinates an object decides the pixel, and
+the more proposals cover a pixel the likelier one of them does. Requiring a few crops to
+agree keeps the recall of many proposals without paying for each one's false positives.
+Measured on the two tuning splits (synthetic seeds 2000003 / 2000004, never the demo's
+val), the same checkpoints, top 200 proposals: DeconvNet 46.4 -> 50.4 and 44.1 -> 50.6
+mean IU at k = 5 (background pixels turned object 1.92% -> 1.42% and 1.94% -> 1.22%).
+
+Pure PyTorch (a loop over the proposals, k elementwise maxima/minima per proposal over
+its box): the fused op's kernels keep one running value per pixel and class; this keeps
+k. Each map is resized to its box exactly as the op does (``F.interpolate``, bilinear,
+align_corners=False) and clipped to the image.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["aggregate_topk_mean"]
+
+
+def aggregate_topk_mean(maps: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int],
+                        k: int) -> torch.Tensor:
+    """maps float (K,C,h,w) per-proposal score maps; boxes integer (K,4) [x0,y0,x1,y1),
+    x1 > x0 and y1 > y0, may extend past the image; image_size (H, W); k >= 1.
+    Returns (C,H,W) in maps' dtype and device."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if maps.dim() != 4 or not maps.is_floating_point():
+        raise ValueError(f"maps must be a floating-point (K, C, h, w) tensor, got "
+                         f"{maps.dtype} {tuple(maps.shape)}")
+    boxes = torch.as_tensor(boxes)
+    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != maps.shape[0]:
+        raise ValueError(f"boxes must be (K, 4) with K = {maps.shape[0]} (the maps), got "
+                         f"{tuple(boxes.shape)}")
+    height, width = (int(v) for v in image_size)
+    channels = maps.shape[1]
+    # top[j] is the (j+1)-th largest score so far; -inf marks "fewer than j+1 crops".
+    top = maps.new_full((k, channels, height, width), float("-inf"))
+    for m, (x0, y0, x1, y1) in zip(maps, boxes.tolist()):
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"box {[x0, y0, x1, y1]} is empty: need x1 > x0 and y1 > y0")
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue  # entirely outside the image
+        resized = F.interpolate(m[None], size=(y1 - y0, x1 - x0), mode="bilinear",
+                                align_corners=False)[0]
+        v = resized[:, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        region = top[:, :, cy0:cy1, cx0:cx1]
+        # insert v into the sorted list, from the bottom up so each step reads the old
+        # value above it: new[j] = max(old[j], min(old[j-1], v)), new[0] = max(old[0], v)
+        for j in range(k - 1, 0, -1):
+            torch.maximum(region[j], torch.minimum(region[j - 1], v), out=region[j])
+        torch.maximum(region[0], v, out=region[0])
+    covered = torch.isfinite(top)
+    total = torch.where(covered, top, torch.zeros((), dtype=top.dtype, device=top.device)).sum(0)
+    mean = total / covered.sum(0).clamp_min(1).to(top.dtype)
+    return mean.clamp_min(0)
