@@ -83,7 +83,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 
 def test_demo_defaults_are_the_measured_recipe():
     """`deconvnet demo` with no options runs the recipe its comments measure: the demo's
-    own proposal count and minimum size, stage-2 background crops 1 per positive, and
+    own proposal count, minimum size and top-5 aggregation, stage-2 background crops 1 per positive, and
     inference crops at the training crops' context (the library's default)."""
     from deconvnet_ext import demo
     from deconvnet_ext.cli import build_parser
@@ -92,6 +92,7 @@ def test_demo_defaults_are_the_measured_recipe():
     args = build_parser("demo").parse_args(["demo"])
     config = inference_config_from_args(args)
     assert (config.max_proposals, config.min_size) == (200, 0)
+    assert (config.aggregation, config.topk) == (demo.DEMO_AGGREGATION, 5) == ("topk", 5)
     assert config.context == InferenceConfig().context == TRAINING_CROP_CONTEXT
     assert abs(TRAINING_CROP_CONTEXT - 1.2 * 224 / 250) < 1e-12
     assert args.stage2_negatives == demo.DEMO_STAGE2_NEGATIVES == 1.0
