@@ -2,7 +2,9 @@
 
 Per pixel and class, the mean of the k largest scores among the proposal maps that cover
 the pixel (fewer than k cover it: the mean of those), floored at 0 like the max canvas of
-``aggregate_proposals``; a pixel no proposal covers is 0. k = 1 is exactly the op's "max".
+``aggregate_proposals``; a pixel no proposal covers is 0. k = 1 is the op's "max" (to the
+float rounding of the op's resize). A NaN score makes its pixel NaN, as in the op's max;
+a -inf score counts as no score.
 
 Why: with max aggregation one crop that hallucinates an object decides the pixel, and
 the more proposals cover a pixel the likelier one of them does. Requiring a few crops to
@@ -59,7 +61,7 @@ def aggregate_topk_mean(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
         for j in range(k - 1, 0, -1):
             torch.maximum(region[j], torch.minimum(region[j - 1], v), out=region[j])
         torch.maximum(region[0], v, out=region[0])
-    covered = torch.isfinite(top)
+    covered = top != float("-inf")  # NaN and +inf count, and propagate as in the op's max
     total = torch.where(covered, top, torch.zeros((), dtype=top.dtype, device=top.device)).sum(0)
     mean = total / covered.sum(0).clamp_min(1).to(top.dtype)
     return mean.clamp_min(0)

@@ -78,6 +78,16 @@ def test_bad_k_is_refused(k):
         InferenceConfig(aggregation="topk", topk=k)
 
 
+def test_nan_propagates_like_the_ops_max():
+    maps = torch.ones(3, 2, 2, 2)
+    maps[1, 0, 0, 0] = float("nan")
+    boxes = torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2], [2, 2, 4, 4]])
+    got = aggregate_topk_mean(maps, boxes, (4, 4), 2)
+    op = dx.aggregate_proposals(maps, boxes, image_size=(4, 4), mode="max")
+    assert torch.equal(got.isnan(), op.isnan()) and bool(got.isnan().any())
+    assert torch.equal(got[~got.isnan()], op[~op.isnan()])
+
+
 def test_bad_maps_and_boxes_are_refused():
     with pytest.raises(ValueError, match="maps"):
         aggregate_topk_mean(torch.zeros(2, 3, 3), torch.tensor([[0, 0, 2, 2]]), (4, 4), 2)
