@@ -139,6 +139,22 @@ def gather_at_switches(y: torch.Tensor, switches: torch.Tensor, kernel_size: Int
     return out.squeeze(0) if squeeze else out
 
 
+def pasted_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int]):
+    """The paste step of the aggregation: for each map k whose box (K,4) [x0,y0,x1,y1)
+    meets the image of size (H, W), yields (k, (cy0, cy1, cx0, cx1), patch): the map
+    resized to its box as F.interpolate(bilinear, align_corners=False) does, clipped to
+    the image rows cy0:cy1 and columns cx0:cx1 (patch (C, cy1-cy0, cx1-cx0))."""
+    H, W = int(image_size[0]), int(image_size[1])
+    for k in range(maps.shape[0]):
+        x0, y0, x1, y1 = (int(v) for v in boxes[k].tolist())
+        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue  # entirely outside the image
+        resized = F.interpolate(maps[k:k + 1], size=(y1 - y0, x1 - x0), mode="bilinear",
+                                align_corners=False)[0]
+        yield k, (cy0, cy1, cx0, cx1), resized[:, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+
+
 def aggregate_proposals(maps: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int],
                         mode: str = "max", image_index: Optional[torch.Tensor] = None,
                         num_images: Optional[int] = None) -> torch.Tensor:
@@ -156,17 +172,12 @@ def aggregate_proposals(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
         num_images = int(image_index.max()) + 1 if K > 0 else 0
     B = int(num_images) if batched else 1
     canvas = maps.new_zeros(B, C, H, W)
+    # every proposal counts for "mean", also one entirely outside its image
     count = [0] * B
     for k in range(K):
+        count[int(image_index[k]) if batched else 0] += 1
+    for k, (cy0, cy1, cx0, cx1), patch in pasted_maps(maps, boxes, (H, W)):
         b = int(image_index[k]) if batched else 0
-        x0, y0, x1, y1 = (int(v) for v in boxes[k].tolist())
-        count[b] += 1
-        resized = F.interpolate(maps[k:k + 1], size=(y1 - y0, x1 - x0), mode="bilinear",
-                                align_corners=False)[0]
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
-        if cx1 <= cx0 or cy1 <= cy0:
-            continue
-        patch = resized[:, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
         region = canvas[b, :, cy0:cy1, cx0:cx1]
         if mode == "max":
             region.copy_(torch.maximum(region, patch))

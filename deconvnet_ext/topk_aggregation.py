@@ -15,15 +15,18 @@ mean IU at k = 5 (background pixels turned object 1.92% -> 1.42% and 1.94% -> 1.
 
 Pure PyTorch (a loop over the proposals, k elementwise maxima/minima per proposal over
 its box): the fused op's kernels keep one running value per pixel and class; this keeps
-k. Each map is resized to its box exactly as the op does (``F.interpolate``, bilinear,
-align_corners=False) and clipped to the image.
+k. The paste step (each map resized to its box as ``F.interpolate`` does, bilinear,
+align_corners=False, clipped to the image) and the argument checks are the op's
+reference twin's and the op's own (``reference.pasted_maps``, ``aggregation``).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from .aggregation import _check_maps_and_boxes, _image_size
+from .reference import pasted_maps
 
 __all__ = ["aggregate_topk_mean"]
 
@@ -35,26 +38,12 @@ def aggregate_topk_mean(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
     Returns (C,H,W) in maps' dtype and device."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
-    if maps.dim() != 4 or not maps.is_floating_point():
-        raise ValueError(f"maps must be a floating-point (K, C, h, w) tensor, got "
-                         f"{maps.dtype} {tuple(maps.shape)}")
     boxes = torch.as_tensor(boxes)
-    if boxes.dim() != 2 or boxes.shape[1] != 4 or boxes.shape[0] != maps.shape[0]:
-        raise ValueError(f"boxes must be (K, 4) with K = {maps.shape[0]} (the maps), got "
-                         f"{tuple(boxes.shape)}")
-    height, width = (int(v) for v in image_size)
-    channels = maps.shape[1]
+    _check_maps_and_boxes(maps, boxes)  # the op's own checks and messages
+    height, width = _image_size(image_size)
     # top[j] is the (j+1)-th largest score so far; -inf marks "fewer than j+1 crops".
-    top = maps.new_full((k, channels, height, width), float("-inf"))
-    for m, (x0, y0, x1, y1) in zip(maps, boxes.tolist()):
-        if x1 <= x0 or y1 <= y0:
-            raise ValueError(f"box {[x0, y0, x1, y1]} is empty: need x1 > x0 and y1 > y0")
-        cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-        if cx1 <= cx0 or cy1 <= cy0:
-            continue  # entirely outside the image
-        resized = F.interpolate(m[None], size=(y1 - y0, x1 - x0), mode="bilinear",
-                                align_corners=False)[0]
-        v = resized[:, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    top = maps.new_full((k, maps.shape[1], height, width), float("-inf"))
+    for _, (cy0, cy1, cx0, cx1), v in pasted_maps(maps, boxes, (height, width)):
         region = top[:, :, cy0:cy1, cx0:cx1]
         # insert v into the sorted list, from the bottom up so each step reads the old
         # value above it: new[j] = max(old[j], min(old[j-1], v)), new[0] = max(old[0], v)

@@ -83,8 +83,9 @@ def test_user_errors_are_one_line(tmp_path, capsys):
 
 def test_demo_defaults_are_the_measured_recipe():
     """`deconvnet demo` with no options runs the recipe its comments measure: the demo's
-    own proposal count, minimum size and top-5 aggregation, stage-2 background crops 1 per positive, and
-    inference crops at the training crops' context (the library's default)."""
+    own proposal count, minimum size and top-5 aggregation, stage-2 background crops 1
+    per positive, and inference crops at the training crops' context (the library's
+    default)."""
     from deconvnet_ext import demo
     from deconvnet_ext.cli import build_parser
     from deconvnet_ext.data.crop_geometry import TRAINING_CROP_CONTEXT
