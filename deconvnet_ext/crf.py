@@ -64,7 +64,8 @@ def dense_crf(probs: Union[np.ndarray, torch.Tensor], image: np.ndarray,
     unary = -np.log(np.clip(probs, _MIN_PROB, 1.0)).reshape(num_classes, -1)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_weight)
+    # pydensecrf takes a writable buffer only (the image may be a read-only cached one)
     crf.addPairwiseBilateral(sxy=params.bilateral_sxy, srgb=params.bilateral_srgb,
-                             rgbim=np.ascontiguousarray(image), compat=params.bilateral_weight)
+                             rgbim=np.require(image, requirements=["C", "W"]), compat=params.bilateral_weight)
     q = crf.inference(params.iterations)
     return np.asarray(q, dtype=np.float32).reshape(num_classes, height, width)

@@ -149,3 +149,36 @@ def test_bad_root_and_split_are_named(root, tmp_path):
 def test_unknown_split_is_named(pristine):
     with pytest.raises(UserError, match="test.txt"):
         VOCSegmentation(pristine, "test")
+
+
+def test_cached_samples_equal_fresh_decodes_and_are_read_only(pristine):
+    cached = VOCSegmentation(pristine, "train")
+    fresh = VOCSegmentation(pristine, "train", cache_bytes=0)
+    for index in (0, 3, -1, 0):  # index 0 twice: the second read comes from the cache
+        a, b = cached[index], fresh[index]
+        assert a.name == b.name
+        for x, y in zip(a[1:], b[1:]):
+            np.testing.assert_array_equal(x, y)
+            assert not x.flags.writeable and not y.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        cached[0].image[0, 0, 0] = 1
+
+
+def test_cache_serves_what_it_read_first_and_respects_its_byte_cap(root):
+    one_sample = 48 * 64 * 3 + 2 * 48 * 64  # image + label + instances bytes
+    datasets = {cap: VOCSegmentation(root, "train", cache_bytes=cap)
+                for cap in (0, one_sample, 4 * one_sample)}
+    before = {cap: [ds[i].image.copy() for i in range(4)] for cap, ds in datasets.items()}
+    for name in datasets[0].names:  # rewrite every image on disk
+        path = root / "JPEGImages" / f"{name}.jpg"
+        Image.fromarray(np.full((48, 64, 3), 7, np.uint8)).save(path)
+    for cap, ds in datasets.items():
+        stale = [np.array_equal(ds[i].image, before[cap][i]) for i in range(4)]
+        # the cache keeps the samples read first, up to its cap; the rest are re-read
+        assert stale == [i < cap // one_sample for i in range(4)], cap
+
+
+def test_bad_cache_bytes_are_refused(pristine):
+    for bad in (-1, 1.5, None):
+        with pytest.raises(ValueError, match="cache_bytes"):
+            VOCSegmentation(pristine, "train", cache_bytes=bad)

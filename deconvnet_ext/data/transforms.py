@@ -39,7 +39,8 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 (3, H, W), scaled to [0, 1] then normalised with
     the ImageNet mean/std (what VGG16 encoders expect)."""
     _check_image(image)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    # converted by numpy: a copy torch can own (the image may be a read-only cached array)
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).div_(255)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return x.sub_(mean).div_(std)
@@ -48,7 +49,7 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def label_to_tensor(label: np.ndarray) -> torch.Tensor:
     """uint8 (H, W) -> int64 (H, W) (what cross_entropy takes; 255 stays 255)."""
     _check_label(label)
-    return torch.from_numpy(np.ascontiguousarray(label)).long()
+    return torch.from_numpy(label.astype(np.int64))
 
 
 def _size(size: int | Sequence[int], name: str = "size") -> tuple[int, int]:
