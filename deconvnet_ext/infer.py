@@ -188,7 +188,13 @@ def load_models(checkpoint: Optional[str], fcn_checkpoint: Optional[str] = None,
         if meta.get("kind") != kind:
             raise UserError(f"{flag} {path}: holds a {meta.get('kind')!r} model, "
                             f"expected {kind!r}")
-        models.append(model.to(device).eval())
+        model = model.to(device).eval()
+        if kind == "deconvnet" and device.type == "cpu":
+            # oneDNN runs the tiny DeconvNet's convolutions 1.6x faster channels_last on
+            # CPU (64 crops of 64x64: 320 -> 195 ms, this project's 2-core machine);
+            # weights alone decide the layout, the crops may stay NCHW.
+            model = model.to(memory_format=torch.channels_last)
+        models.append(model)
     return models[0], models[1]
 
 

@@ -55,7 +55,10 @@ class TrainConfig:
     lr_step: optimizer steps between decays by lr_gamma (None: one decay at 3/4 of
     ``steps``; 0: constant); checkpoint_every: steps between checkpoints (0: only at the
     end); amp: float16 autocast + grad scaling (CUDA only); sync_bn: synchronise BN
-    statistics over processes; device: None picks CUDA when available."""
+    statistics over processes; device: None picks CUDA when available; channels_last:
+    model and inputs in channels_last memory format (the same maths, rounded
+    differently: oneDNN's CPU convolutions of the tiny DeconvNet ran a training step
+    1.03-1.15x faster so, FCN-8s's 0.87-0.94x)."""
     steps: int = 300
     batch_size: int = 16
     accumulate: int = 1
@@ -72,6 +75,7 @@ class TrainConfig:
     sync_bn: bool = False
     device: Optional[str] = None
     progress: bool = True
+    channels_last: bool = False
 
     def validate(self) -> "TrainConfig":
         for name in ("steps", "batch_size", "accumulate", "log_every"):
@@ -279,6 +283,9 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
     fingerprint = config.fingerprint(ctx.world_size)
     meta = dict(meta if meta is not None else model.meta())
     model.to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    if config.channels_last:
+        model.to(memory_format=memory_format)
 
     payload, start = None, 0
     if resume and checkpoint_path.exists():
@@ -356,7 +363,7 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
         step_loss = torch.zeros((), device=device)
         for a in range(acc):
             images, labels = next(batches)
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
             sync = net.no_sync() if ctx.distributed and a < acc - 1 else contextlib.nullcontext()
             with sync:
@@ -604,6 +611,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
     parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA only)")
     parser.add_argument("--sync-bn", action="store_true", help="synchronise BN across processes")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="train in channels_last memory format (faster for DeconvNet "
+                             "on CPU; see TrainConfig)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -615,7 +625,7 @@ def run_cli(args: argparse.Namespace) -> int:
                          lr_step=args.lr_step, seed=args.seed,
                          checkpoint_every=args.checkpoint_every, num_workers=args.num_workers,
                          amp=args.amp, sync_bn=args.sync_bn, device=args.device,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, channels_last=args.channels_last)
     ctx = None
     encoder = resolve_encoder(args.encoder)
     try:

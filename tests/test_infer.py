@@ -135,3 +135,26 @@ def test_proposal_boxes_ranked_within_the_image_plus_context():
     assert padded.shape == boxes.shape
     # context only grows each box (it may now reach past the image)
     assert (padded[:, :2] <= boxes[:, :2]).all() and (padded[:, 2:] >= boxes[:, 2:]).all()
+
+
+def test_load_models_gives_the_saved_networks_deconvnet_channels_last_on_cpu(
+        tiny_deconvnet, tiny_fcn, tmp_path):
+    from deconvnet_ext.checkpoint import save_checkpoint
+    from deconvnet_ext.errors import UserError
+    from deconvnet_ext.infer import load_models
+    save_checkpoint(tmp_path / "dn.pt", tiny_deconvnet)
+    save_checkpoint(tmp_path / "fcn.pt", tiny_fcn)
+    deconvnet, fcn = load_models(str(tmp_path / "dn.pt"), str(tmp_path / "fcn.pt"),
+                                 torch.device("cpu"))
+    assert not deconvnet.training and not fcn.training
+    conv = next(m for m in deconvnet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images, boxes = _images(), _boxes()
+    config = InferenceConfig(aggregation="max")
+    for got, expected in zip(deconvnet_scores(deconvnet, images, boxes, config),
+                             deconvnet_scores(tiny_deconvnet, images, boxes, config)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for got, expected in zip(fcn_scores(fcn, images), fcn_scores(tiny_fcn, images)):
+        torch.testing.assert_close(got, expected)
+    with pytest.raises(UserError, match="expected 'deconvnet'"):
+        load_models(str(tmp_path / "fcn.pt"), None, torch.device("cpu"))
