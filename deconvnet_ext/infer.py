@@ -60,6 +60,11 @@ class InferenceConfig:
         the mean of the ``topk`` largest scores of the proposals covering a pixel (a max
         that needs a few crops to agree; ``topk_aggregation``).
     topk: k of the "topk" aggregation (1 is "max").
+    refine_rounds: rounds of self-consistent proposal selection after the aggregation
+        (0: none): keep the proposals whose box overlaps a region the aggregated
+        segmentation found at IoU >= ``refine_iou`` and aggregate those again
+        (``proposal_refinement``).
+    refine_iou: the IoU a proposal needs with a found region to be kept.
     ensemble_rule: "mean" of the DeconvNet and FCN-8s probabilities (paper) or "product",
         the original release's ``deconv * max(0, fcn)``.
     crf: dense CRF parameters used by the "+CRF" variants.
@@ -72,6 +77,8 @@ class InferenceConfig:
     batch_size: int = 64
     aggregation: str = "max"
     topk: int = 5
+    refine_rounds: int = 0
+    refine_iou: float = 0.3
     ensemble_rule: str = "mean"
     crf: CRFParams = field(default_factory=CRFParams)
 
@@ -85,6 +92,11 @@ class InferenceConfig:
                              f"got {self.aggregation!r}")
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
             raise ValueError(f"topk must be an int >= 1, got {self.topk!r}")
+        if (isinstance(self.refine_rounds, bool) or not isinstance(self.refine_rounds, int)
+                or self.refine_rounds < 0):
+            raise ValueError(f"refine_rounds must be an int >= 0, got {self.refine_rounds!r}")
+        if not 0.0 < self.refine_iou <= 1.0:
+            raise ValueError(f"refine_iou must be in (0, 1], got {self.refine_iou!r}")
         if self.ensemble_rule not in ENSEMBLE_RULES:
             raise ValueError(f"ensemble_rule must be one of {ENSEMBLE_RULES}, "
                              f"got {self.ensemble_rule!r}")
@@ -119,6 +131,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                         "or topk, the mean of the --topk largest (default %(default)s)")
     g.add_argument("--topk", type=int, default=d.topk,
                    help="k of --aggregation topk (default %(default)s; 1 = max)")
+    g.add_argument("--refine-rounds", type=int, default=d.refine_rounds,
+                   help="rounds of keeping only the proposals that match a region the "
+                        "aggregated segmentation found, then aggregating again "
+                        "(default %(default)s)")
+    g.add_argument("--refine-iou", type=float, default=d.refine_iou,
+                   help="IoU a proposal needs with a found region to be kept "
+                        "(default %(default)s)")
     g.add_argument("--ensemble", dest="ensemble_rule", default=d.ensemble_rule,
                    choices=ENSEMBLE_RULES,
                    help="EDeconvNet rule: mean of probabilities (paper) or the original "
@@ -140,6 +159,7 @@ def inference_config_from_args(args: argparse.Namespace) -> InferenceConfig:
                                context=args.context, proposal_method=args.proposal_method,
                                edge_model=args.edge_model, batch_size=args.batch_size,
                                aggregation=args.aggregation, topk=args.topk,
+                               refine_rounds=args.refine_rounds, refine_iou=args.refine_iou,
                                ensemble_rule=args.ensemble_rule,
                                crf=CRFParams(iterations=args.crf_iterations))
     except ValueError as exc:  # a bad option value: the user's mistake, one line
@@ -299,17 +319,33 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
                         config: Optional[InferenceConfig] = None) -> torch.Tensor:
     """One image's crop score maps (K,C,S,S) pasted at their boxes (K,4) and combined
     per pixel (``config.aggregation``): "max" and "mean" with the fused
-    ``dx.aggregate_proposals``, "topk" with ``topk_aggregation.aggregate_topk_mean``.
-    Returns float32 (C,H,W) on the maps' device."""
-    from . import aggregate_proposals
+    ``dx.aggregate_proposals``, "topk" with ``topk_aggregation.aggregate_topk_mean``;
+    then ``config.refine_rounds`` rounds of ``proposal_refinement.consistent_proposals``
+    (aggregate again the proposals that match what the last aggregation found; none
+    kept: every score 0). Returns float32 (C,H,W) on the maps' device."""
+    from .proposal_refinement import consistent_proposals
 
     config = config or InferenceConfig()
     boxes = torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4).to(maps.device)
     height, width = int(image_size[0]), int(image_size[1])
+    scores = _aggregate(maps, boxes, (height, width), config)
+    for _ in range(config.refine_rounds):
+        keep = consistent_proposals(scores, boxes, config.refine_iou)
+        # a pixel no kept proposal covers gets every score 0, as an uncovered pixel of
+        # the first aggregation does: background in the argmax, uniform probabilities
+        scores = (_aggregate(maps[keep], boxes[keep], (height, width), config) if keep.any()
+                  else torch.zeros_like(scores))
+    return scores
+
+
+def _aggregate(maps: torch.Tensor, boxes: torch.Tensor, image_size: Tuple[int, int],
+               config: InferenceConfig) -> torch.Tensor:
+    from . import aggregate_proposals
+
     if config.aggregation == "topk":
         from .topk_aggregation import aggregate_topk_mean
-        return aggregate_topk_mean(maps, boxes, (height, width), config.topk)
-    return aggregate_proposals(maps, boxes, image_size=(height, width), mode=config.aggregation)
+        return aggregate_topk_mean(maps, boxes, image_size, config.topk)
+    return aggregate_proposals(maps, boxes, image_size=image_size, mode=config.aggregation)
 
 
 def deconvnet_scores(model: torch.nn.Module, images: Sequence[np.ndarray],
