@@ -58,7 +58,8 @@ class TrainConfig:
     statistics over processes; device: None picks CUDA when available; channels_last:
     model and inputs in channels_last memory format (the same maths, rounded
     differently: oneDNN's CPU convolutions of the tiny DeconvNet ran a training step
-    1.03-1.15x faster so, FCN-8s's 0.87-0.94x)."""
+    1.03-1.15x faster so, FCN-8s's 0.87-0.94x; the demo's recipe, tuned NCHW, trained
+    worse nets so on three seeds: see demo.DECONVNET_CHANNELS_LAST)."""
     steps: int = 300
     batch_size: int = 16
     accumulate: int = 1
