@@ -192,8 +192,10 @@ def load_models(checkpoint: Optional[str], fcn_checkpoint: Optional[str] = None,
                 device: Optional[torch.device] = None
                 ) -> "tuple[Optional[torch.nn.Module], Optional[torch.nn.Module]]":
     """(DeconvNet, FCN-8s) from checkpoint files written by ``deconvnet train``, in eval
-    mode on ``device``; either path may be None. A checkpoint of the wrong kind (an FCN-8s
-    given as the DeconvNet or the reverse) raises UserError naming the file."""
+    mode on ``device`` (a DeconvNet on the CPU in channels_last memory format: the same
+    scores to float rounding, faster); either path may be None. A checkpoint of the
+    wrong kind (an FCN-8s given as the DeconvNet or the reverse) raises UserError naming
+    the file."""
     from .checkpoint import load_model
     from .errors import UserError
 
