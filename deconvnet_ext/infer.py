@@ -333,6 +333,8 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
     scores = _aggregate(maps, boxes, (height, width), config)
     for _ in range(config.refine_rounds):
         keep = consistent_proposals(scores, boxes, config.refine_iou)
+        if keep.all():
+            break  # aggregating the same proposals again gives the same scores
         # a pixel no kept proposal covers gets every score 0, as an uncovered pixel of
         # the first aggregation does: background in the argmax, uniform probabilities
         scores = (_aggregate(maps[keep], boxes[keep], (height, width), config) if keep.any()

@@ -284,9 +284,8 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
     fingerprint = config.fingerprint(ctx.world_size)
     meta = dict(meta if meta is not None else model.meta())
     model.to(device)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     if config.channels_last:
-        model.to(memory_format=memory_format)
+        model.to(memory_format=torch.channels_last)
 
     payload, start = None, 0
     if resume and checkpoint_path.exists():
@@ -364,7 +363,9 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
         step_loss = torch.zeros((), device=device)
         for a in range(acc):
             images, labels = next(batches)
-            images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            images = images.to(device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
             sync = net.no_sync() if ctx.distributed and a < acc - 1 else contextlib.nullcontext()
             with sync:
