@@ -29,8 +29,8 @@ PAPER_MEAN_IU: Dict[str, float] = {"FCN-8s": 62.2, "DeconvNet": 69.6, "DeconvNet
                                    "EDeconvNet": 71.7, "EDeconvNet+CRF": 72.5}
 
 # Defaults sized for ~15 minutes on 2 quiet CPU cores (14-17 min measured on this
-# project's machine, 2026-12-06; 14 min 36 s with the image cache and channels_last
-# inference); --quick is for smoke tests.
+# project's machine, 2026-12-06; 14 min 3 s and 14 min 36 s with the image cache and
+# channels_last inference); --quick is for smoke tests.
 # DeconvNet's wide decoder (vgg.py) costs ~1.6x the mirror's time per step and learns
 # in fewer: stage 1 reaches crop mean IU 62 in 3000 steps (the mirror: 40 in 5000). On
 # the tuning split (synthetic seed 2000003), stage 1 3000 -> 4000 steps: DeconvNet
