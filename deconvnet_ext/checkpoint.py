@@ -119,7 +119,13 @@ def build_model(meta: Dict[str, Any], pool_impl: Optional[str] = None) -> nn.Mod
     kwargs = {"num_classes": int(meta["num_classes"]), "arch": meta["arch"]}
     if kind == "deconvnet":
         kwargs["pool_impl"] = pool_impl or meta.get("pool_impl", "ext")
-    return kinds[kind](**kwargs)
+    model = kinds[kind](**kwargs)
+    if kind == "deconvnet" and meta.get("proposal_scorer"):
+        from .proposal_scorer import ProposalScorer
+        spec = meta["proposal_scorer"]
+        model.proposal_scorer = ProposalScorer(kwargs["num_classes"], int(spec["hidden"]),
+                                               int(spec.get("members", 1)))
+    return model
 
 
 def load_model(path: PathLike, pool_impl: Optional[str] = None) -> Tuple[nn.Module, Dict[str, Any]]:

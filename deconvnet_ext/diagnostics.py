@@ -73,7 +73,10 @@ def proposal_recall(dataset, config: InferenceConfig, limit: Optional[int] = Non
 def oracle_confusion(dataset, deconvnet: torch.nn.Module, config: InferenceConfig,
                      limit: Optional[int] = None, images_per_step: int = 4) -> ConfusionMatrix:
     """DeconvNet with ground-truth boxes (context as in ``config``) instead of proposals;
-    an image without instances gets the whole image as its one box."""
+    an image without instances gets the whole image as its one box. Every box is
+    aggregated: the proposal scorer (``config.min_objectness``) is for proposals, and
+    these boxes are perfect."""
+    config = dataclasses.replace(config, min_objectness=0.0)
     total = len(dataset) if limit is None else min(limit, len(dataset))
     cm = ConfusionMatrix(deconvnet.num_classes)
     for first in range(0, total, images_per_step):

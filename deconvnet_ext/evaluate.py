@@ -232,7 +232,7 @@ def run_cli(args: argparse.Namespace) -> int:
     from .data.voc import VOCSegmentation
     from .distributed import cleanup_distributed, setup_distributed
     from .errors import UserError
-    from .infer import inference_config_from_args, load_models
+    from .infer import check_proposal_scorer, inference_config_from_args, load_models
     from .parallel import parallel_options, prestart
     from .visualize import save_mask_png
 
@@ -250,6 +250,7 @@ def run_cli(args: argparse.Namespace) -> int:
     ctx = setup_distributed(args.device)
     try:
         deconvnet, fcn = load_models(args.checkpoint, args.fcn_checkpoint, ctx.device)
+        check_proposal_scorer(deconvnet, config, args.checkpoint)
         on_prediction = None
         if args.masks:
             mask_root = Path(args.out) / "masks"

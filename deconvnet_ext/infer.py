@@ -65,6 +65,10 @@ class InferenceConfig:
         segmentation found at IoU >= ``refine_iou`` and aggregate those again
         (``proposal_refinement``).
     refine_iou: the IoU a proposal needs with a found region to be kept.
+    min_objectness: aggregate only the crops whose proposal score (the DeconvNet's
+        fitted ``proposal_scorer``: p(the box overlaps an object at IoU >= 0.5), read
+        off the crop's own map) is at least this (0: every crop, the paper; none passes:
+        the best-scored one). Needs a DeconvNet with a proposal scorer.
     ensemble_rule: "mean" of the DeconvNet and FCN-8s probabilities (paper) or "product",
         the original release's ``deconv * max(0, fcn)``.
     crf: dense CRF parameters used by the "+CRF" variants.
@@ -79,6 +83,7 @@ class InferenceConfig:
     topk: int = 5
     refine_rounds: int = 0
     refine_iou: float = 0.3
+    min_objectness: float = 0.0
     ensemble_rule: str = "mean"
     crf: CRFParams = field(default_factory=CRFParams)
 
@@ -97,6 +102,8 @@ class InferenceConfig:
             raise ValueError(f"refine_rounds must be an int >= 0, got {self.refine_rounds!r}")
         if not 0.0 < self.refine_iou <= 1.0:
             raise ValueError(f"refine_iou must be in (0, 1], got {self.refine_iou!r}")
+        if not 0.0 <= self.min_objectness < 1.0:
+            raise ValueError(f"min_objectness must be in [0, 1), got {self.min_objectness!r}")
         if self.ensemble_rule not in ENSEMBLE_RULES:
             raise ValueError(f"ensemble_rule must be one of {ENSEMBLE_RULES}, "
                              f"got {self.ensemble_rule!r}")
@@ -138,6 +145,10 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--refine-iou", type=float, default=d.refine_iou,
                    help="IoU a proposal needs with a found region to be kept "
                         "(default %(default)s)")
+    g.add_argument("--min-objectness", type=float, default=d.min_objectness,
+                   help="aggregate only the proposal crops that the DeconvNet checkpoint's "
+                        "proposal scorer gives at least this probability of holding an "
+                        "object (default %(default)s: every crop)")
     g.add_argument("--ensemble", dest="ensemble_rule", default=d.ensemble_rule,
                    choices=ENSEMBLE_RULES,
                    help="EDeconvNet rule: mean of probabilities (paper) or the original "
@@ -160,6 +171,7 @@ def inference_config_from_args(args: argparse.Namespace) -> InferenceConfig:
                                edge_model=args.edge_model, batch_size=args.batch_size,
                                aggregation=args.aggregation, topk=args.topk,
                                refine_rounds=args.refine_rounds, refine_iou=args.refine_iou,
+                               min_objectness=args.min_objectness,
                                ensemble_rule=args.ensemble_rule,
                                crf=CRFParams(iterations=args.crf_iterations))
     except ValueError as exc:  # a bad option value: the user's mistake, one line
@@ -318,10 +330,13 @@ def deconvnet_crop_maps(model: torch.nn.Module, image: np.ndarray, boxes: torch.
 
 
 def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int],
-                        config: Optional[InferenceConfig] = None) -> torch.Tensor:
+                        config: Optional[InferenceConfig] = None,
+                        scorer: Optional[torch.nn.Module] = None) -> torch.Tensor:
     """One image's crop score maps (K,C,S,S) pasted at their boxes (K,4) and combined
     per pixel (``config.aggregation``): "max" and "mean" with the fused
     ``dx.aggregate_proposals``, "topk" with ``topk_aggregation.aggregate_topk_mean``;
+    with ``config.min_objectness`` > 0 only the crops that ``scorer`` (a
+    ``ProposalScorer``, then required) gives at least that score;
     then ``config.refine_rounds`` rounds of ``proposal_refinement.consistent_proposals``
     (aggregate again the proposals that match what the last aggregation found; none
     kept: every score 0). Returns float32 (C,H,W) on the maps' device."""
@@ -330,6 +345,15 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
     config = config or InferenceConfig()
     boxes = torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4).to(maps.device)
     height, width = int(image_size[0]), int(image_size[1])
+    if config.min_objectness > 0:
+        if scorer is None:
+            raise ValueError("min_objectness > 0 needs a proposal scorer (a DeconvNet "
+                             "checkpoint with one: deconvnet_ext.proposal_scorer)")
+        objectness = scorer.score(maps, boxes, (height, width))
+        keep = objectness >= config.min_objectness
+        if not keep.any():  # every image gets a prediction: its likeliest object
+            keep[objectness.argmax()] = True
+        maps, boxes = maps[keep], boxes[keep]
     scores = _aggregate(maps, boxes, (height, width), config)
     for _ in range(config.refine_rounds):
         keep = consistent_proposals(scores, boxes, config.refine_iou)
@@ -340,6 +364,23 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
         scores = (_aggregate(maps[keep], boxes[keep], (height, width), config) if keep.any()
                   else torch.zeros_like(scores))
     return scores
+
+
+def proposal_scorer_of(model: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
+    """The DeconvNet's fitted proposal scorer, or None (none fitted, or not a DeconvNet)."""
+    return getattr(model, "proposal_scorer", None)
+
+
+def check_proposal_scorer(model: Optional[torch.nn.Module], config: InferenceConfig,
+                          checkpoint: Optional[str] = None) -> None:
+    """UserError, before any work, when ``config.min_objectness`` > 0 asks for the
+    proposal scorer that the DeconvNet ``model`` (read from ``checkpoint``) lacks."""
+    from .errors import UserError
+    if model is not None and config.min_objectness > 0 and proposal_scorer_of(model) is None:
+        raise UserError(f"--min-objectness {config.min_objectness} needs a DeconvNet "
+                        f"checkpoint with a proposal scorer, and {checkpoint or 'the model'} "
+                        "has none (`deconvnet demo` fits one; in code: "
+                        "deconvnet_ext.proposal_scorer.fit_proposal_scorer)")
 
 
 def _aggregate(maps: torch.Tensor, boxes: torch.Tensor, image_size: Tuple[int, int],
@@ -373,7 +414,8 @@ def deconvnet_scores(model: torch.nn.Module, images: Sequence[np.ndarray],
         if image_boxes.shape[0] == 0:
             raise ValueError(f"boxes[{i}] is empty: every image needs at least one proposal")
         maps = deconvnet_crop_maps(model, image, image_boxes, config)
-        results.append(aggregate_crop_maps(maps, image_boxes, image.shape[:2], config))
+        results.append(aggregate_crop_maps(maps, image_boxes, image.shape[:2], config,
+                                           proposal_scorer_of(model)))
     return results
 
 
@@ -498,8 +540,8 @@ def network_rows(image: np.ndarray, deconvnet: Optional[torch.nn.Module],
         if "FCN-8s" in rows_needed:
             rows["FCN-8s"] = torch.softmax(fcn_logits, dim=0).cpu().numpy()
         if need_deconv:
-            deconv_probs = torch.softmax(aggregate_crop_maps(maps, boxes, image.shape[:2],
-                                                             config), dim=0)
+            deconv_probs = torch.softmax(aggregate_crop_maps(
+                maps, boxes, image.shape[:2], config, proposal_scorer_of(deconvnet)), dim=0)
             if "DeconvNet" in rows_needed:
                 rows["DeconvNet"] = deconv_probs.cpu().numpy()
             if "EDeconvNet" in rows_needed:

@@ -8,7 +8,7 @@ does) to raw class scores (N,num_classes,H,W).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .nn import (ConvBNReLU, DeconvBNReLU, MaxPool2dWithSwitches, MaxUnpool2dWithSwitches,
                  PoolSwitches, check_pool_impl, set_pool_impl)
 from .vgg import ARCHS, VGGConfig, get_arch, load_vgg16_weights, make_features
+from .proposal_scorer import ProposalScorer
 
 ArchLike = Union[str, VGGConfig, Dict[str, Any]]
 
@@ -140,6 +141,9 @@ class DeconvNet(nn.Module):
                                           for i, o in zip(ins, outs))))
         self.decoder = nn.ModuleList(stages)
         self.score = nn.Conv2d(decoder_widths[0], num_classes, 1)
+        # which proposal crops inference trusts (proposal_scorer.py): fitted after
+        # training by ``fit_proposal_scorer``, saved with the weights; forward ignores it
+        self.proposal_scorer: Optional[ProposalScorer] = None
 
         _init_encoder(list(self.features.modules()) + list(self.fc6.modules())
                       + list(self.fc7.modules()))
@@ -180,9 +184,13 @@ class DeconvNet(nn.Module):
 
     def meta(self) -> Dict[str, Any]:
         """What checkpoint.load_model needs to rebuild this network."""
-        return {"kind": "deconvnet", "arch": _arch_meta(self.config),
+        meta = {"kind": "deconvnet", "arch": _arch_meta(self.config),
                 "num_classes": self.num_classes, "pool_impl": self.pool_impl,
                 "input_size": self.input_size}
+        if self.proposal_scorer is not None:
+            meta["proposal_scorer"] = {"hidden": self.proposal_scorer.hidden,
+                                       "members": len(self.proposal_scorer.nets)}
+        return meta
 
     @property
     def num_parameters(self) -> int:

@@ -32,7 +32,7 @@ def run_cli(args: argparse.Namespace) -> int:
     rank segments a shard and rank 0 writes every mask."""
     from .distributed import cleanup_distributed, setup_distributed
     from .errors import UserError
-    from .infer import inference_config_from_args, load_models, wanted_variants
+    from .infer import check_proposal_scorer, inference_config_from_args, load_models, wanted_variants
     from .parallel import parallel_options, prestart
     from .pipeline import ImageSource, RankGather, StreamedPredictions, shard
     from .progress import progress_bar
@@ -53,6 +53,7 @@ def run_cli(args: argparse.Namespace) -> int:
     ctx = setup_distributed(args.device)
     try:
         deconvnet, fcn = load_models(args.checkpoint, args.fcn_checkpoint, ctx.device)
+        check_proposal_scorer(deconvnet, config, args.checkpoint)
         variant = ("EDeconvNet" if fcn is not None else "DeconvNet") + ("+CRF" if args.crf else "")
         wanted = wanted_variants(deconvnet, fcn, args.crf, [variant])
         out = Path(args.out)
