@@ -77,14 +77,20 @@ DEMO_MAX_PROPOSALS = 200    # --max-proposals default of the demo
 DEMO_AGGREGATION = "topk"   # --aggregation default of the demo (k: --topk, default 5)
 # Most of the 200 proposals hold no object, and aggregating only those with IoU >= 0.5
 # to an object lifted DeconvNet 50.5 -> 59.6 (tuning split 2000003): precision is where
-# the points go. After training, the demo fits DeconvNet's proposal scorer
-# (proposal_scorer.py: five small MLPs on features of each crop's own score map) on the
-# crops of the first DEMO_SCORER_IMAGES training images (every positive, a third of the
-# other crops) and aggregates only the crops it scores >= DEMO_MIN_OBJECTNESS. Two
-# tuning splits (synthetic seeds 2000006 / 2000003, never the demo's val), the same
-# checkpoints, two scorer seeds each: DeconvNet 42.4 -> 51.3 / 48.7 and 50.5 -> 54.6 /
-# 55.3 at 0.5 (0.4: 48.1 / 47.2 and 54.1 / 54.8; 0.3: 46.6 / 46.8 and 54.8 / 55.6).
-DEMO_MIN_OBJECTNESS = 0.5   # --min-objectness default of the demo
+# the points go. With --min-objectness P > 0 the demo fits DeconvNet's proposal scorer
+# after training (proposal_scorer.py: five small MLPs on features of each crop's own
+# score map) on the crops of the first DEMO_SCORER_IMAGES training images (every
+# positive, a third of the other crops) and aggregates only the crops it scores >= P.
+# Two tuning splits (synthetic seeds 2000003 / 2000006, never the demo's val), the same
+# checkpoints, P = 0.5: DeconvNet 50.5 -> 55.6 / 42.4 -> 48.6, +CRF 54.3 -> 57.0 /
+# 47.9 -> 50.8, EDeconvNet 60.4 -> 65.3 / 51.3 -> 57.2, E+CRF 60.9 -> 66.5 / 51.8 -> 56.0
+# (P 0.3 / 0.4 / 0.5 on cached crops: 54.8 / 54.1 / 54.6 and 46.6 / 48.1 / 51.3).
+# It is OFF by default: on the demo seeds 0 / 1 / 2 (2026-12-06, the same checkpoints)
+# it lifted EDeconvNet+CRF 66.2 -> 67.5, 53.7 -> 55.6, 58.8 -> 63.7 and DeconvNet on
+# seeds 1 and 2, but DeconvNet+CRF fell 60.1 -> 49.3 and 44.7 -> 41.9, below DeconvNet
+# on seed 1: the pixels no kept crop covers get uniform probabilities and the CRF
+# spreads objects into them (the same failure as --refine-rounds).
+DEMO_MIN_OBJECTNESS = 0.0   # --min-objectness default of the demo (0: every crop)
 DEMO_SCORER_IMAGES = 100
 # Stage 2 also sees background proposals, 1 per positive crop: max aggregation lets
 # every proposal vote, so the net must answer "background" for crops holding no object
