@@ -180,7 +180,7 @@ def training_crops(model: nn.Module, dataset, config, num_images: int,
     ``negative_fraction`` of the others, each weighted 1 / negative_fraction, so the
     fit sees the true class balance at a fraction of the forward passes (~88% of the
     proposals are negatives)."""
-    from .data.voc import instance_records
+    from .data.voc import instance_boxes
     from .infer import deconvnet_crop_maps, proposal_boxes
     from .progress import progress_bar
     from .proposals import add_context, box_iou
@@ -194,11 +194,10 @@ def training_crops(model: nn.Module, dataset, config, num_images: int,
         sample = dataset[i]
         size = sample.label.shape[:2]
         boxes = proposal_boxes(sample.image, config)
-        records = instance_records(sample.label, sample.instances, sample.name)
+        gt = np.asarray([box for box, _ in instance_boxes(sample)], np.int64).reshape(-1, 4)
         iou = np.zeros(len(boxes))
-        if records:
-            gt = add_context(np.asarray([box for _, box, _ in records], np.int64), size,
-                             config.context)
+        if len(gt):
+            gt = add_context(gt, size, config.context)
             iou = box_iou(boxes.numpy(), gt).max(1)
         draw = np.random.default_rng([seed, i]).random(len(boxes))
         keep = (iou >= POSITIVE_IOU) | (draw < negative_fraction)
@@ -221,6 +220,8 @@ def fit_proposal_scorer(model: nn.Module, dataset, config, num_images: int = 100
     of ``dataset``'s first ``num_images`` training images (an InferenceConfig ``config``
     says how they are proposed and cropped; ``training_crops``). Returns (scorer in eval
     mode on the model's device, info: images, crops, positives, seconds, loss)."""
+    from .infer import _model_device
+
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -232,7 +233,7 @@ def fit_proposal_scorer(model: nn.Module, dataset, config, num_images: int = 100
         model.train(was_training)
     targets = ious >= POSITIVE_IOU
     scorer = ProposalScorer(int(model.num_classes))
-    device = next(model.parameters()).device
+    device = _model_device(model)
     loss = fit_scorer_to(scorer, features, targets, weights, seed=seed)
     info = {"images": min(int(num_images), len(dataset)), "crops": int(len(targets)),
             "positives": int(targets.sum()), "loss": round(loss, 4),
