@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,12 @@ class InferenceConfig:
         fitted ``proposal_scorer``: p(the box overlaps an object at IoU >= 0.5), read
         off the crop's own map) is at least this (0: every crop, the paper; none passes:
         the best-scored one). Needs a DeconvNet with a proposal scorer.
+    uncovered_background: the background probability of a pixel that no aggregated
+        crop covers (the other classes share the rest equally); 0: every score 0 there,
+        uniform probabilities, as the paper's zero canvas gives. At least 1/C, the argmax
+        is background either way; what changes is what the CRF and the ensemble read
+        there: with few crops kept (``min_objectness``) uniform pixels are where the CRF
+        spreads objects.
     ensemble_rule: "mean" of the DeconvNet and FCN-8s probabilities (paper) or "product",
         the original release's ``deconv * max(0, fcn)``.
     crf: dense CRF parameters used by the "+CRF" variants.
@@ -84,6 +91,7 @@ class InferenceConfig:
     refine_rounds: int = 0
     refine_iou: float = 0.3
     min_objectness: float = 0.0
+    uncovered_background: float = 0.0
     ensemble_rule: str = "mean"
     crf: CRFParams = field(default_factory=CRFParams)
 
@@ -104,6 +112,9 @@ class InferenceConfig:
             raise ValueError(f"refine_iou must be in (0, 1], got {self.refine_iou!r}")
         if not 0.0 <= self.min_objectness < 1.0:
             raise ValueError(f"min_objectness must be in [0, 1), got {self.min_objectness!r}")
+        if not 0.0 <= self.uncovered_background < 1.0:
+            raise ValueError(f"uncovered_background must be in [0, 1), "
+                             f"got {self.uncovered_background!r}")
         if self.ensemble_rule not in ENSEMBLE_RULES:
             raise ValueError(f"ensemble_rule must be one of {ENSEMBLE_RULES}, "
                              f"got {self.ensemble_rule!r}")
@@ -149,6 +160,9 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                    help="aggregate only the proposal crops that the DeconvNet checkpoint's "
                         "proposal scorer gives at least this probability of holding an "
                         "object (default %(default)s: every crop)")
+    g.add_argument("--uncovered-background", type=float, default=d.uncovered_background,
+                   help="background probability of the pixels no aggregated proposal "
+                        "crop covers (default %(default)s: uniform probabilities there)")
     g.add_argument("--ensemble", dest="ensemble_rule", default=d.ensemble_rule,
                    choices=ENSEMBLE_RULES,
                    help="EDeconvNet rule: mean of probabilities (paper) or the original "
@@ -172,6 +186,7 @@ def inference_config_from_args(args: argparse.Namespace) -> InferenceConfig:
                                aggregation=args.aggregation, topk=args.topk,
                                refine_rounds=args.refine_rounds, refine_iou=args.refine_iou,
                                min_objectness=args.min_objectness,
+                               uncovered_background=args.uncovered_background,
                                ensemble_rule=args.ensemble_rule,
                                crf=CRFParams(iterations=args.crf_iterations))
     except ValueError as exc:  # a bad option value: the user's mistake, one line
@@ -355,6 +370,7 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
             keep[objectness.argmax()] = True
         maps, boxes = maps[keep], boxes[keep]
     scores = _aggregate(maps, boxes, (height, width), config)
+    covering = boxes  # the proposals whose maps make up ``scores``
     for _ in range(config.refine_rounds):
         keep = consistent_proposals(scores, boxes, config.refine_iou)
         if keep.all():
@@ -363,7 +379,24 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
         # the first aggregation does: background in the argmax, uniform probabilities
         scores = (_aggregate(maps[keep], boxes[keep], (height, width), config) if keep.any()
                   else torch.zeros_like(scores))
+        covering = boxes[keep]
+    if config.uncovered_background > 0:
+        _background_where_uncovered(scores, covering, config.uncovered_background)
     return scores
+
+
+def _background_where_uncovered(scores: torch.Tensor, boxes: torch.Tensor,
+                                probability: float) -> None:
+    """In place: the pixels of ``scores`` (C,H,W) that no box of ``boxes`` (K,4) covers
+    get background (class 0) score log(p (C-1) / (1-p)) and keep 0 elsewhere, so their
+    softmax gives background exactly ``probability`` and each other class an equal share."""
+    from . import aggregate_proposals
+
+    num_classes, height, width = scores.shape
+    ones = scores.new_ones((len(boxes), 1, 1, 1))  # a constant map pastes as its box
+    covered = aggregate_proposals(ones, boxes, image_size=(height, width), mode="max")[0] > 0
+    level = math.log(probability * (num_classes - 1) / (1.0 - probability))
+    scores[0].masked_fill_(~covered, level)
 
 
 def proposal_scorer_of(model: Optional[torch.nn.Module]) -> Optional[torch.nn.Module]:
