@@ -85,13 +85,21 @@ DEMO_AGGREGATION = "topk"   # --aggregation default of the demo (k: --topk, defa
 # checkpoints, P = 0.5: DeconvNet 50.5 -> 55.6 / 42.4 -> 48.6, +CRF 54.3 -> 57.0 /
 # 47.9 -> 50.8, EDeconvNet 60.4 -> 65.3 / 51.3 -> 57.2, E+CRF 60.9 -> 66.5 / 51.8 -> 56.0
 # (P 0.3 / 0.4 / 0.5 on cached crops: 54.8 / 54.1 / 54.6 and 46.6 / 48.1 / 51.3).
-# It is OFF by default: on the demo seeds 0 / 1 / 2 (2026-12-06, the same checkpoints)
-# it lifted EDeconvNet+CRF 66.2 -> 67.5, 53.7 -> 55.6, 58.8 -> 63.7 and DeconvNet on
-# seeds 1 and 2, but DeconvNet+CRF fell 60.1 -> 49.3 and 44.7 -> 41.9, below DeconvNet
-# on seed 1: the pixels no kept crop covers get uniform probabilities and the CRF
-# spreads objects into them (the same failure as --refine-rounds).
-DEMO_MIN_OBJECTNESS = 0.0   # --min-objectness default of the demo (0: every crop)
-DEMO_SCORER_IMAGES = 100
+# Alone it broke "+CRF >= DeconvNet": on the demo seeds 0 / 1 / 2 (2026-12-06, the same
+# checkpoints) DeconvNet+CRF fell 60.1 -> 49.3 and 44.7 -> 41.9: the pixels no kept crop
+# covers had uniform probabilities and the CRF spread objects into them. So the demo
+# also gives those pixels background probability DEMO_UNCOVERED_BACKGROUND (their
+# argmax, the DeconvNet row, is background either way). The same tuning splits and
+# scorers, P = 0.5, uncovered background 0 -> 0.15 / 0.3 / 0.5 / 0.9:
+# +CRF 57.0 -> - / 58.5 / 58.4 / - and 50.8 -> 53.3 / 53.2 / 53.2 / 53.2, EDeconvNet
+# 65.3 -> - / 65.8 / 65.8 / - and 57.2 -> 57.4 / 57.3 / 57.1 / 56.3, E+CRF 66.5 -> - /
+# 66.2 / 65.5 / - and 56.0 -> 55.9 / 55.9 / 55.8 / 54.5.
+DEMO_MIN_OBJECTNESS = 0.5   # --min-objectness default of the demo (0: every crop)
+DEMO_UNCOVERED_BACKGROUND = 0.3  # --uncovered-background default of the demo
+# The scorer's fit sees the first 50 training images (a third of their negative crops):
+# 100 took twice the time (31-36 s against 16-18 s) for the same DeconvNet on the tuning
+# splits (55.6 / 47.0 against 55.7 / 50.1 with 50; a refit moves it by ~1.5 points).
+DEMO_SCORER_IMAGES = 50
 # Stage 2 also sees background proposals, 1 per positive crop: max aggregation lets
 # every proposal vote, so the net must answer "background" for crops holding no object
 # (on grass, water or wallpaper alone it painted boats and bicycles). Tuning split
@@ -172,7 +180,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     # the same cost. (Mean IU barely moves while the network is the bottleneck: on the
     # 2026-12-03 checkpoints DeconvNet 8.7 -> 8.6, EDeconvNet 26.6 -> 27.2.)
     parser.set_defaults(min_size=DEMO_MIN_SIZE, max_proposals=DEMO_MAX_PROPOSALS,
-                        aggregation=DEMO_AGGREGATION, min_objectness=DEMO_MIN_OBJECTNESS)
+                        aggregation=DEMO_AGGREGATION, min_objectness=DEMO_MIN_OBJECTNESS,
+                        uncovered_background=DEMO_UNCOVERED_BACKGROUND)
 
 
 def _sizes(args: argparse.Namespace) -> dict:
