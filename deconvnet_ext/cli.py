@@ -27,6 +27,8 @@ SUBCOMMANDS: Dict[str, Tuple[str, str]] = {
                  "pre-train the tiny encoder on a separate synthetic set (the demo's "
                  "ImageNet stand-in)"),
     "train": ("deconvnet_ext.train", "train DeconvNet (two stages) or FCN-8s"),
+    "fit-scorer": ("deconvnet_ext.proposal_scorer",
+                   "fit a DeconvNet checkpoint's proposal scorer (which crops to aggregate)"),
     "predict": ("deconvnet_ext.predict", "segment images with trained checkpoints"),
     "eval": ("deconvnet_ext.evaluate", "mean IU / per-class IoU on a VOC-format split"),
     "bench": ("deconvnet_ext.bench", "benchmark the fused ops against PyTorch"),

@@ -285,10 +285,9 @@ def demo_proposal_scorer(deconvnet, root: Path, checkpoint: Path, config, num_im
     """Fit ``deconvnet``'s proposal scorer on the first ``num_images`` training images
     (unless it has one, e.g. reused checkpoints) and save it into ``checkpoint``.
     Returns the fit's info (images, crops, positives, loss, seconds) or {"reused": True}."""
-    from .checkpoint import load_checkpoint, save_checkpoint
     from .data.voc import VOCSegmentation
     from .infer import proposal_scorer_of
-    from .proposal_scorer import fit_proposal_scorer
+    from .proposal_scorer import fit_proposal_scorer, save_with_scorer
 
     if proposal_scorer_of(deconvnet) is not None:
         print(f"reusing the proposal scorer in {checkpoint}")
@@ -296,9 +295,7 @@ def demo_proposal_scorer(deconvnet, root: Path, checkpoint: Path, config, num_im
     scorer, info = fit_proposal_scorer(deconvnet, VOCSegmentation(root, "train"), config,
                                        num_images=num_images, seed=seed)
     deconvnet.proposal_scorer = scorer
-    # the trainer's meta (trained steps) stays; the model's adds the scorer
-    save_checkpoint(checkpoint, deconvnet, {**load_checkpoint(checkpoint)["meta"],
-                                            **deconvnet.meta()})
+    save_with_scorer(deconvnet, checkpoint)  # the trainer's meta (trained steps) stays
     print(f"proposal scorer: fitted on {info['crops']} crops ({info['positives']} with IoU "
           f">= 0.5) of {info['images']} training images in {info['seconds']:.0f} s")
     return info

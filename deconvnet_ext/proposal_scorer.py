@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["ProposalScorer", "crop_features", "fit_proposal_scorer", "feature_count",
-           "POSITIVE_IOU"]
+           "save_with_scorer", "POSITIVE_IOU"]
 
 POSITIVE_IOU = 0.5      # a crop is a positive when its box overlaps an object this much
 HIDDEN = 64             # the scorer's hidden width
@@ -239,3 +239,74 @@ def fit_proposal_scorer(model: nn.Module, dataset, config, num_images: int = 100
             "positives": int(targets.sum()), "loss": round(loss, 4),
             "seconds": round(time.perf_counter() - start, 1)}
     return scorer.to(device).eval(), info
+
+
+def save_with_scorer(model: nn.Module, checkpoint, out=None):
+    """Write ``model`` (a DeconvNet holding its fitted ``proposal_scorer``) to ``out``
+    (default: over ``checkpoint``, atomically), keeping the meta ``checkpoint`` had
+    (the trainer's steps) and adding the model's own (the scorer's shape). Returns the
+    path written."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    meta = {**load_checkpoint(checkpoint)["meta"], **model.meta()}
+    return save_checkpoint(out if out is not None else checkpoint, model, meta)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_cli_arguments(parser) -> None:
+    """Arguments of ``deconvnet fit-scorer``."""
+    from .infer import add_inference_arguments
+    parser.add_argument("--checkpoint", required=True,
+                        help="DeconvNet checkpoint (`deconvnet train`); the scorer is saved "
+                             "into it, replacing any it had, unless --out is given")
+    parser.add_argument("--data", required=True, help="VOC2012-layout directory")
+    parser.add_argument("--split", default="train",
+                        help="images whose proposal crops it learns from (default train; "
+                             "never the split you evaluate on)")
+    parser.add_argument("--images", type=int, default=50,
+                        help="the first N images of --split (default %(default)s, the demo's)")
+    parser.add_argument("--negative-fraction", type=float, default=1 / 3,
+                        help="share of the crops under IoU 0.5 that are used, each weighted "
+                             "by its inverse (default 1/3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of that share and of the fit")
+    parser.add_argument("--out", default=None, help="write the checkpoint here instead")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.epilog = ("Fit with the inference options you will evaluate with (--max-proposals, "
+                     "--min-size, --context, ...): the scorer learns from crops proposed and "
+                     "cropped exactly so. The demo's are --max-proposals 200 --min-size 0 "
+                     "--aggregation topk.")
+    add_inference_arguments(parser)
+
+
+def run_cli(args) -> int:
+    """``deconvnet fit-scorer``: fit a DeconvNet checkpoint's proposal scorer on a
+    split's proposal crops and save it in the checkpoint (or --out)."""
+    from .data.voc import VOCSegmentation
+    from .errors import UserError
+    from .infer import default_device, inference_config_from_args, load_models
+
+    if args.images < 1:
+        raise UserError(f"--images must be >= 1, got {args.images}")
+    if not 0.0 < args.negative_fraction <= 1.0:
+        raise UserError(f"--negative-fraction must be in (0, 1], got {args.negative_fraction}")
+    config = inference_config_from_args(args)
+    dataset = VOCSegmentation(args.data, args.split)
+    if len(dataset) == 0:
+        raise UserError(f"{args.data} ({args.split}) has no images")
+    device = torch.device(args.device) if args.device else default_device()
+    model, _ = load_models(args.checkpoint, None, device)
+    try:
+        scorer, info = fit_proposal_scorer(model, dataset, config, num_images=args.images,
+                                           negative_fraction=args.negative_fraction,
+                                           seed=args.seed, progress=not args.quiet)
+    except ValueError as exc:  # e.g. the images gave no proposal crops
+        raise UserError(str(exc)) from None
+    model.proposal_scorer = scorer
+    path = save_with_scorer(model.to(memory_format=torch.contiguous_format), args.checkpoint,
+                            args.out)
+    print(f"proposal scorer: fitted on {info['crops']} crops ({info['positives']} with IoU "
+          f">= {POSITIVE_IOU}) of {info['images']} images of {args.data} ({args.split}) in "
+          f"{info['seconds']:.0f} s, loss {info['loss']}; wrote {path}")
+    return 0

@@ -177,3 +177,45 @@ def test_the_oracle_ignores_the_scorer(voc):
     got = oracle_confusion(val, model, InferenceConfig(min_objectness=0.5))
     want = oracle_confusion(val, model, InferenceConfig())
     np.testing.assert_array_equal(got.matrix, want.matrix)
+
+
+def test_fit_scorer_command_saves_the_fitted_scorer(voc, tmp_path, capsys):
+    """``deconvnet fit-scorer`` fits exactly what fit_proposal_scorer fits on the same
+    images and options, and stores it with the trainer's meta kept."""
+    from deconvnet_ext.cli import main
+
+    torch.manual_seed(0)
+    model = dx.DeconvNet(num_classes=21, arch="tiny").eval()
+    path = tmp_path / "dn.pt"
+    save_checkpoint(path, model, {**model.meta(), "trained_steps": {"stage1": 7}})
+    args = ["--checkpoint", str(path), "--data", str(voc), "--images", "2",
+            "--negative-fraction", "0.5", "--seed", "3", "--min-size", "0",
+            "--max-proposals", "40", "--device", "cpu", "--quiet"]
+    assert main(["fit-scorer", *args, "--out", str(tmp_path / "scored.pt")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert load_model(path)[0].proposal_scorer is None  # --out: the input is untouched
+    loaded, meta = load_model(tmp_path / "scored.pt")
+    assert meta["trained_steps"] == {"stage1": 7} and meta["proposal_scorer"]["members"] == 5
+    for key, value in model.state_dict().items():  # the network itself is unchanged
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    want, _ = fit_proposal_scorer(model, VOCSegmentation(voc, "train"),
+                                  InferenceConfig(min_size=0, max_proposals=40), num_images=2,
+                                  negative_fraction=0.5, seed=3, progress=False)
+    features = torch.randn(30, feature_count(21), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.proposal_scorer(features), want(features))
+    # without --out it writes into the checkpoint itself
+    assert main(["fit-scorer", *args]) == 0
+    assert load_model(path)[0].proposal_scorer is not None
+
+
+@pytest.mark.parametrize("extra,message", [(["--images", "0"], "--images"),
+                                           (["--negative-fraction", "0"], "--negative-fraction"),
+                                           (["--split", "nope"], "nope")])
+def test_fit_scorer_command_refuses_bad_input(voc, tmp_path, capsys, extra, message):
+    from deconvnet_ext.cli import main
+
+    path = tmp_path / "dn.pt"
+    save_checkpoint(path, dx.DeconvNet(num_classes=21, arch="tiny"))
+    assert main(["fit-scorer", "--checkpoint", str(path), "--data", str(voc), *extra]) == 2
+    assert message in capsys.readouterr().err
