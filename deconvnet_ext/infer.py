@@ -388,11 +388,13 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
 def _background_where_uncovered(scores: torch.Tensor, boxes: torch.Tensor,
                                 probability: float) -> None:
     """In place: the pixels of ``scores`` (C,H,W) that no box of ``boxes`` (K,4) covers
-    get background (class 0) score log(p (C-1) / (1-p)) and keep 0 elsewhere, so their
-    softmax gives background exactly ``probability`` and each other class an equal share."""
+    get background (class 0) score log(p (C-1) / (1-p)), the other classes keeping 0, so
+    their softmax gives background exactly ``probability`` and each other class an equal share."""
     from . import aggregate_proposals
 
     num_classes, height, width = scores.shape
+    if num_classes < 2:
+        return  # background alone: its probability is 1 whatever its score
     ones = scores.new_ones((len(boxes), 1, 1, 1))  # a constant map pastes as its box
     covered = aggregate_proposals(ones, boxes, image_size=(height, width), mode="max")[0] > 0
     level = math.log(probability * (num_classes - 1) / (1.0 - probability))

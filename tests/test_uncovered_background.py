@@ -92,6 +92,14 @@ def test_no_crop_at_all_makes_the_whole_image_that_background():
     torch.testing.assert_close(torch.softmax(got, 0)[0], torch.full((5, 7), 0.6))
 
 
+def test_a_background_only_model_is_left_as_is():
+    maps = torch.full((1, 1, 4, 4), 2.0)
+    got = aggregate_crop_maps(maps, torch.tensor([[0, 0, 3, 3]]), (6, 6),
+                              InferenceConfig(aggregation="max", uncovered_background=0.6))
+    assert torch.equal(got, aggregate_crop_maps(maps, torch.tensor([[0, 0, 3, 3]]), (6, 6),
+                                                InferenceConfig(aggregation="max")))
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 2.0, float("nan")])
 def test_bad_probabilities_are_refused(bad):
     with pytest.raises(ValueError, match="uncovered_background"):
