@@ -354,7 +354,9 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
     ``ProposalScorer``, then required) gives at least that score;
     then ``config.refine_rounds`` rounds of ``proposal_refinement.consistent_proposals``
     (aggregate again the proposals that match what the last aggregation found; none
-    kept: every score 0). Returns float32 (C,H,W) on the maps' device."""
+    kept: every score 0); last, with ``config.uncovered_background`` > 0, the pixels
+    that none of the finally aggregated crops covers get that background probability
+    (``_background_where_uncovered``). Returns float32 (C,H,W) on the maps' device."""
     from .proposal_refinement import consistent_proposals
 
     config = config or InferenceConfig()
@@ -377,6 +379,7 @@ def aggregate_crop_maps(maps: torch.Tensor, boxes: torch.Tensor, image_size: Seq
             break  # aggregating the same proposals again gives the same scores
         # a pixel no kept proposal covers gets every score 0, as an uncovered pixel of
         # the first aggregation does: background in the argmax, uniform probabilities
+        # (or config.uncovered_background, below)
         scores = (_aggregate(maps[keep], boxes[keep], (height, width), config) if keep.any()
                   else torch.zeros_like(scores))
         covering = boxes[keep]
