@@ -14,6 +14,7 @@ from .ops import max_pool2d_with_switches, max_unpool2d_with_switches, switches_
 from .aggregation import aggregate_proposals
 from .model import DeconvNet, FCN8s
 from .export import export_onnx
+from .allocator import keep_freed_memory
 
 __all__ = [
     "__version__",
@@ -26,4 +27,5 @@ __all__ = [
     "DeconvNet",
     "FCN8s",
     "export_onnx",
+    "keep_freed_memory",
 ]
