@@ -55,6 +55,11 @@ class InferenceConfig:
         pixels.
     proposal_method: "selective_search" (OpenCV, fast mode) or "edgeboxes" (needs
         ``edge_model``, a structured-edge model file).
+    proposal_upscale: the proposer runs on images whose longer side is under its work
+        size (``proposals.propose``'s 256 px) enlarged to it, as larger images are
+        shrunk to it; selective search then finds more small objects, at ~2.4x its time
+        (the synthetic 120 x 160 val images: recall at IoU 0.5 71% -> 82%, boxes under
+        16 x 16 px 43% -> 64%). False: they run at their own size.
     batch_size: crops per forward pass (an image's crops never share a batch with
         another image's, so its scores do not depend on the images around it).
     aggregation: "max" (paper) or "mean" over the proposals covering a pixel, or "topk":
@@ -85,6 +90,7 @@ class InferenceConfig:
     context: float = TRAINING_CROP_CONTEXT
     proposal_method: str = "selective_search"
     edge_model: Optional[str] = None
+    proposal_upscale: bool = False
     batch_size: int = 64
     aggregation: str = "max"
     topk: int = 5
@@ -142,6 +148,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                    help="proposal generator (default %(default)s)")
     g.add_argument("--edge-model", default=None,
                    help="structured-edge model file (.yml.gz) for --proposals edgeboxes")
+    g.add_argument("--proposal-upscale", action=argparse.BooleanOptionalAction,
+                   default=d.proposal_upscale,
+                   help="run the proposer on small images enlarged to its 256-px work size "
+                        "(more small objects found, ~2.4x the proposal time; default: "
+                        "%(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="crops per forward pass, within one image (default %(default)s)")
     g.add_argument("--aggregation", default=d.aggregation, choices=AGGREGATION_MODES,
@@ -182,7 +193,9 @@ def inference_config_from_args(args: argparse.Namespace) -> InferenceConfig:
     try:
         return InferenceConfig(max_proposals=args.max_proposals, min_size=args.min_size,
                                context=args.context, proposal_method=args.proposal_method,
-                               edge_model=args.edge_model, batch_size=args.batch_size,
+                               edge_model=args.edge_model,
+                               proposal_upscale=args.proposal_upscale,
+                               batch_size=args.batch_size,
                                aggregation=args.aggregation, topk=args.topk,
                                refine_rounds=args.refine_rounds, refine_iou=args.refine_iou,
                                min_objectness=args.min_objectness,
@@ -263,7 +276,8 @@ def proposal_boxes(image: np.ndarray, config: Optional[InferenceConfig] = None) 
     height, width = image.shape[:2]
     min_size = scaled_min_size((height, width)) if config.min_size is None else config.min_size
     boxes = propose(image, max_proposals=config.max_proposals, min_size=min_size,
-                    method=config.proposal_method, edge_model=config.edge_model)
+                    method=config.proposal_method, edge_model=config.edge_model,
+                    upscale=config.proposal_upscale)
     boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.int64).reshape(-1, 4)
     if boxes.shape[0] == 0:
         boxes = torch.tensor([[0, 0, width, height]], dtype=torch.int64)

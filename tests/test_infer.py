@@ -137,6 +137,34 @@ def test_proposal_boxes_ranked_within_the_image_plus_context():
     assert (padded[:, :2] <= boxes[:, :2]).all() and (padded[:, 2:] >= boxes[:, 2:]).all()
 
 
+def test_proposal_upscale_runs_the_proposer_on_the_enlarged_image():
+    from deconvnet_ext.proposals import propose
+    rng = np.random.default_rng(5)
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[:] = (30, 90, 30)
+    for y, x in ((5, 5), (20, 40), (40, 12), (45, 60)):  # small objects
+        image[y:y + 9, x:x + 7] = rng.integers(60, 255, 3)
+    image = np.clip(image + rng.integers(0, 12, image.shape), 0, 255).astype(np.uint8)
+    config = InferenceConfig(max_proposals=200, min_size=0, context=1.0, proposal_upscale=True)
+    boxes = proposal_boxes(image, config)
+    np.testing.assert_array_equal(boxes.numpy(), propose(image, 200, 0, upscale=True))
+    native = proposal_boxes(image, InferenceConfig(max_proposals=200, min_size=0, context=1.0))
+    np.testing.assert_array_equal(native.numpy(), propose(image, 200, 0))
+    assert len(boxes) > len(native)
+
+
+def test_proposal_upscale_option():
+    import argparse
+    from deconvnet_ext.infer import add_inference_arguments, inference_config_from_args
+    parser = argparse.ArgumentParser()
+    add_inference_arguments(parser)
+    assert inference_config_from_args(parser.parse_args([])).proposal_upscale is False
+    on = inference_config_from_args(parser.parse_args(["--proposal-upscale"]))
+    assert on.proposal_upscale is True
+    off = parser.parse_args(["--proposal-upscale", "--no-proposal-upscale"])
+    assert inference_config_from_args(off).proposal_upscale is False
+
+
 def test_load_models_gives_the_saved_networks_deconvnet_channels_last_on_cpu(
         tiny_deconvnet, tiny_fcn, tmp_path):
     from deconvnet_ext.checkpoint import save_checkpoint
