@@ -219,3 +219,17 @@ def test_fit_scorer_command_refuses_bad_input(voc, tmp_path, capsys, extra, mess
     save_checkpoint(path, dx.DeconvNet(num_classes=21, arch="tiny"))
     assert main(["fit-scorer", "--checkpoint", str(path), "--data", str(voc), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_demo_the_command_and_the_library_fit_on_every_negative_crop():
+    import argparse
+    import inspect
+    from deconvnet_ext import demo, proposal_scorer
+    parser = argparse.ArgumentParser()
+    proposal_scorer.add_cli_arguments(parser)
+    cli = parser.parse_args(["--checkpoint", "x.pt", "--data", "d"]).negative_fraction
+    library = inspect.signature(proposal_scorer.fit_proposal_scorer).parameters
+    assert demo.DEMO_SCORER_NEGATIVES == 1.0 == cli
+    assert library["negative_fraction"].default == 1.0
+    used = inspect.signature(demo.demo_proposal_scorer).parameters["negative_fraction"]
+    assert used.default == demo.DEMO_SCORER_NEGATIVES
