@@ -99,8 +99,9 @@ DEMO_AGGREGATION = "topk"   # --aggregation default of the demo (k: --topk, defa
 DEMO_MIN_OBJECTNESS = 0.5   # --min-objectness default of the demo (0: every crop)
 DEMO_UNCOVERED_BACKGROUND = 0.3  # --uncovered-background default of the demo
 # The scorer's fit sees the first 50 training images (measured with a third of their
-# negative crops): 100 took twice the time (31-36 s against 16-18 s) for the same DeconvNet on the tuning
-# splits (55.6 / 47.0 against 55.7 / 50.1 with 50; a refit moves it by ~1.5 points).
+# negative crops): 100 took twice the time (31-36 s against 16-18 s) for the same
+# DeconvNet on the tuning splits (55.6 / 47.0 against 55.7 / 50.1 with 50; a refit
+# moves it by ~1.5 points).
 DEMO_SCORER_IMAGES = 50
 # ... and every one of their negative crops, not a third: 32 s instead of 14-18 s, and
 # the fit no longer depends on which negatives were drawn (that draw and the init
