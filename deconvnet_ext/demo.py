@@ -96,6 +96,9 @@ DEMO_AGGREGATION = "topk"   # --aggregation default of the demo (k: --topk, defa
 # +CRF 57.0 -> - / 58.5 / 58.4 / - and 50.8 -> 53.3 / 53.2 / 53.2 / 53.2, EDeconvNet
 # 65.3 -> - / 65.8 / 65.8 / - and 57.2 -> 57.4 / 57.3 / 57.1 / 56.3, E+CRF 66.5 -> - /
 # 66.2 / 65.5 / - and 56.0 -> 55.9 / 55.9 / 55.8 / 54.5.
+# Rechecked with the scorer fitted on every negative crop (2026-12-07, DeconvNet 56.3 /
+# 50.5 at P = 0.5): P 0.4 / 0.6 gave 56.3 / 49.1 and 56.2 / 49.5; top 3 / 8 instead of
+# 5 gave 55.7 / 50.3 and 56.4 / 51.1 (EDeconvNet+CRF 71.1 -> 70.0 on 2000003 at 8).
 DEMO_MIN_OBJECTNESS = 0.5   # --min-objectness default of the demo (0: every crop)
 DEMO_UNCOVERED_BACKGROUND = 0.3  # --uncovered-background default of the demo
 # The scorer's fit sees the first 50 training images (measured with a third of their
