@@ -20,8 +20,9 @@ NUM_CLASSES = 4
 
 @pytest.fixture(scope="module")
 def model():
-    """A tiny DeconvNet whose maps paint objects: the score layer widened (as
-    test_infer's) and background's bias lowered so that the argmax is mixed."""
+    """A tiny DeconvNet whose maps differ clearly between pixels and crops (the score
+    layer widened, as test_infer's), so that their argmax mixes background and objects,
+    with an untrained proposal scorer."""
     torch.manual_seed(3)
     net = dx.DeconvNet(num_classes=NUM_CLASSES, arch="tiny").eval()
     with torch.no_grad():
