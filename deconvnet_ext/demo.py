@@ -400,8 +400,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     timings["inference_s"] = result.seconds
     timings["inference_s_per_image"] = result.seconds / max(1, result.num_images)
 
-    # Where the points go: the network with perfect boxes, the proposals' recall, the
-    # network alone on crops (deconvnet_ext.diagnostics).
+    # Where the points go: the network with perfect boxes, with the proposals a perfect
+    # selector would keep, the proposals' recall, the network alone on crops
+    # (deconvnet_ext.diagnostics; the selector rows cost ~8 s).
     t = time.perf_counter()
     diagnostics = run_diagnostics(val, deconvnet, config, limit=sizes["val_limit"])
     timings["diagnostics_s"] = time.perf_counter() - t
@@ -426,8 +427,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(f"{result.num_images} validation images of {root}; mean IU and per-class IoU "
           f"in percent (the paper's column is VOC 2012 test, for reference):\n")
     print(markdown_table(result, PAPER_MEAN_IU))
-    print("\nWhere the points go (oracle: ground-truth boxes instead of proposals; recall "
-          "at IoU 0.5 / 0.7):\n")
+    print("\nWhere the points go (the proposals a perfect selector would keep; oracle: "
+          "ground-truth boxes instead of proposals; recall at IoU 0.5 / 0.7):\n")
     print(why)
     print(f"\nwrote {out / 'results.md'}, {out / 'results.json'}, {mask_dir}/*.png, "
           f"{out / 'overlay_grid.png'}")

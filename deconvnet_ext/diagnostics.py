@@ -12,6 +12,12 @@ does, by taking one stage of the pipeline out at a time:
   segmented.
 - **crop mean IU**: the network alone on stage-1-style crops of the val instances
   (centred, 1.2x box, no mirror) -- no aggregation, no proposals.
+- **proposal ceilings**: DeconvNet on the proposals a perfect selector would keep, read
+  with the ground truth: every proposal at IoU >= 0.5 to an object (a perfect proposal
+  scorer, what ``InferenceConfig.min_objectness`` approximates), and each object's one
+  best proposal (a perfect pick of each object's best-framed crop). Between the
+  DeconvNet row and the oracle they split the loss into what choosing crops could win
+  back and what only better proposals could (missed objects, loose framing).
 """
 from __future__ import annotations
 
@@ -30,6 +36,10 @@ from .proposals import add_context, box_iou
 SIZE_BUCKETS = (("< 16²", 0, 16 ** 2), ("16²-32²", 16 ** 2, 32 ** 2),
                 ("32²-96²", 32 ** 2, 96 ** 2), ("≥ 96²", 96 ** 2, float("inf")))
 RECALL_IOUS = (0.5, 0.7)
+CEILING_IOU = 0.5  # a proposal at this IoU to an object counts as finding it (as recall @0.5)
+# (key, what it keeps): the proposal ceilings, in the order the table prints them
+CEILINGS = (("perfect_scorer", "every proposal at IoU ≥ 0.5 to an object"),
+            ("best_proposal", "each object's best proposal only"))
 
 
 def _gt_records(sample):
@@ -96,6 +106,52 @@ def oracle_confusion(dataset, deconvnet: torch.nn.Module, config: InferenceConfi
     return cm
 
 
+def ceiling_picks(proposals: np.ndarray, objects: np.ndarray) -> Dict[str, np.ndarray]:
+    """Which of an image's proposals (K,4) a perfect selector keeps, given its objects'
+    boxes (N,4), both [x0,y0,x1,y1) without context: {"perfect_scorer": every proposal
+    whose IoU with some object is >= CEILING_IOU, "best_proposal": each object's
+    highest-IoU proposal when that IoU is >= CEILING_IOU (the first on ties; a proposal
+    best for two objects once)}, sorted int64 indices into ``proposals``."""
+    proposals = np.asarray(proposals).reshape(-1, 4)
+    objects = np.asarray(objects).reshape(-1, 4)
+    if len(objects) == 0 or len(proposals) == 0:
+        empty = np.zeros(0, np.int64)
+        return {"perfect_scorer": empty, "best_proposal": empty}
+    iou = box_iou(objects, proposals)  # (N, K)
+    found = iou.max(axis=1) >= CEILING_IOU
+    return {"perfect_scorer": np.flatnonzero(iou.max(axis=0) >= CEILING_IOU).astype(np.int64),
+            "best_proposal": np.unique(iou.argmax(axis=1)[found]).astype(np.int64)}
+
+
+def ceiling_confusions(dataset, deconvnet: torch.nn.Module, config: InferenceConfig,
+                       limit: Optional[int] = None) -> Dict[str, ConfusionMatrix]:
+    """DeconvNet fed only the proposals ``ceiling_picks`` keeps ({key of CEILINGS:
+    confusion}): ``config``'s proposals, context and aggregation, every kept crop
+    aggregated (the selection replaces the proposal scorer). An image where nothing is
+    kept is all background, as a pipeline that keeps no crop would paint it. Only the
+    kept crops go through the network: a few per image."""
+    every = dataclasses.replace(config, min_objectness=0.0)
+    raw = dataclasses.replace(config, context=1.0)
+    total = len(dataset) if limit is None else min(limit, len(dataset))
+    cms = {key: ConfusionMatrix(deconvnet.num_classes) for key, _ in CEILINGS}
+    for i in range(total):
+        sample = dataset[i]
+        height, width = sample.label.shape
+        proposals = proposal_boxes(sample.image, raw).numpy()
+        objects = np.asarray([box for _, box, _ in _gt_records(sample)], np.int64)
+        for key, picked in ceiling_picks(proposals, objects).items():
+            if len(picked) == 0:
+                cms[key].update(sample.label, np.zeros((height, width), np.uint8))
+                continue
+            boxes = proposals[picked]
+            if config.context != 1.0:
+                boxes = np.asarray(add_context(boxes, (height, width), config.context))
+            boxes = torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4)
+            score = deconvnet_scores(deconvnet, [sample.image], [boxes], every)[0]
+            cms[key].update(sample.label, score.argmax(dim=0).cpu().numpy().astype(np.uint8))
+    return cms
+
+
 def crop_confusion(dataset, deconvnet: torch.nn.Module, batch_size: int = 64) -> ConfusionMatrix:
     """The network alone on stage-1-style crops of ``dataset``'s instances (no mirror,
     fixed centre window): its segmentation quality without proposals or aggregation."""
@@ -114,11 +170,13 @@ def crop_confusion(dataset, deconvnet: torch.nn.Module, batch_size: int = 64) ->
 
 def run_diagnostics(dataset, deconvnet: torch.nn.Module, config: InferenceConfig,
                     limit: Optional[int] = None) -> dict:
-    """All three measurements, JSON-ready (percent for mean IU, fractions for recall)."""
+    """Every measurement, JSON-ready (percent for mean IU, fractions for recall)."""
     oracle = oracle_confusion(dataset, deconvnet, config, limit)
+    ceilings = ceiling_confusions(dataset, deconvnet, config, limit)
     crop = crop_confusion(dataset if limit is None else _Head(dataset, limit), deconvnet)
     return {"oracle_boxes_mean_iu": 100 * oracle.mean_iou(),
             "oracle_boxes_pixel_acc": 100 * oracle.pixel_accuracy(),
+            **{f"{key}_mean_iu": 100 * cm.mean_iou() for key, cm in ceilings.items()},
             "crop_mean_iu": 100 * crop.mean_iou(),
             "recall": proposal_recall(dataset, config, limit)}
 
@@ -148,6 +206,10 @@ def diagnostics_markdown(diag: dict, training: Optional[Dict[str, dict]] = None,
     lines = ["| diagnostic | value |", "|---|---|"]
     if deconvnet_mean_iu is not None:
         lines.append(f"| DeconvNet (proposals), mean IU | {deconvnet_mean_iu:.1f} |")
+    for key, kept in CEILINGS:
+        if f"{key}_mean_iu" in diag:  # results.json files older than these rows lack them
+            lines.append(f"| DeconvNet, {kept} (read off the ground truth), mean IU | "
+                         f"{diag[f'{key}_mean_iu']:.1f} |")
     lines.append(f"| DeconvNet with ground-truth boxes (oracle), mean IU | "
                  f"{diag['oracle_boxes_mean_iu']:.1f} |")
     lines.append(f"| DeconvNet on stage-1 val crops, crop mean IU | {diag['crop_mean_iu']:.1f} |")
@@ -175,5 +237,6 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-__all__: Sequence[str] = ("proposal_recall", "oracle_confusion", "crop_confusion",
-                          "run_diagnostics", "diagnostics_markdown", "SIZE_BUCKETS")
+__all__: Sequence[str] = ("proposal_recall", "oracle_confusion", "ceiling_picks",
+                          "ceiling_confusions", "crop_confusion", "run_diagnostics",
+                          "diagnostics_markdown", "SIZE_BUCKETS", "CEILINGS")

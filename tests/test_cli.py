@@ -123,9 +123,11 @@ def test_cli_end_to_end_on_a_tiny_generated_dataset(tmp_path, capsys):
     assert (out / "overlay_grid.png").is_file()
     # the diagnostics say where the points go: oracle boxes, recall by size, crops, training
     diag = results["diagnostics"]
-    assert {"oracle_boxes_mean_iu", "crop_mean_iu", "recall"} <= set(diag)
+    assert {"oracle_boxes_mean_iu", "perfect_scorer_mean_iu", "best_proposal_mean_iu",
+            "crop_mean_iu", "recall"} <= set(diag)
     assert "Where the points go" in (out / "results.md").read_text()
     assert "ground-truth boxes (oracle)" in printed and "| deconvnet_stage1 |" in printed
+    assert "each object's best proposal only" in printed
     masks = sorted((out / "masks").glob("*.png"))
     assert len(masks) == results["num_images"] > 0
 
