@@ -140,6 +140,14 @@ def _context(method: str):
     return ctx
 
 
+def worker_context(start_method: Optional[str] = None):
+    """The multiprocessing context of worker processes, this module's pools and the
+    trainer's DataLoader workers alike: ``start_method``, else ``_start_method``'s
+    (never fork by default: see there; Python 3.12 also warns when a multi-threaded
+    process forks)."""
+    return _context(start_method or _start_method())
+
+
 def prestart(start_method: Optional[str] = None) -> None:
     """Start the fork server now (it imports torch and the rest in the background while
     the caller loads its data and models), ignoring Ctrl-C like the workers it forks."""
@@ -255,7 +263,7 @@ class WorkerPool:
         if processes < 1:
             raise ValueError(f"processes must be >= 1, got {processes}")
         self.start_method = start_method or _start_method()
-        ctx = _context(self.start_method)
+        ctx = worker_context(self.start_method)
         self._tasks = ctx.Queue()
         self._results = ctx.Queue()
         self._next_id = 0

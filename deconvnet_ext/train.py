@@ -39,6 +39,7 @@ from .distributed import (DistContext, all_reduce_mean, cleanup_distributed,
                           convert_sync_batchnorm, setup_distributed)
 from .errors import UserError
 from .model import DeconvNet, FCN8s
+from .parallel import worker_context
 from .pretrain import load_encoder, resolve_encoder
 from .progress import progress_bar
 
@@ -338,6 +339,9 @@ def _fit(model: nn.Module, dataset: Dataset, config: TrainConfig, out_dir: Path,
                                                           config.batch_size, ctx.rank,
                                                           ctx.world_size),
                         num_workers=config.num_workers, collate_fn=collate_pairs,
+                        # not fork: the model's set-up has started torch's thread pools
+                        multiprocessing_context=(worker_context() if config.num_workers
+                                                 else None),
                         pin_memory=device.type == "cuda")
     batches = iter(loader)
     bar = progress_bar(total=config.steps, initial=start, desc=stage, unit="step",

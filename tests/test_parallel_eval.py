@@ -272,3 +272,14 @@ def test_workers_run_below_the_main_process(setting, monkeypatch):
         pool.submit(_own_niceness)
         _, theirs = pool.next_result()
     assert theirs == min(19, mine + wanted)
+
+
+def test_worker_context_does_not_fork_by_default(monkeypatch):
+    """The pools and the trainer's DataLoader workers start by forkserver (spawn where
+    there is none), never by fork, unless DECONVNET_START_METHOD or the caller says so."""
+    from deconvnet_ext.parallel import worker_context
+    monkeypatch.delenv("DECONVNET_START_METHOD", raising=False)
+    assert worker_context().get_start_method() in ("forkserver", "spawn")
+    assert worker_context("spawn").get_start_method() == "spawn"
+    monkeypatch.setenv("DECONVNET_START_METHOD", "spawn")
+    assert worker_context().get_start_method() == "spawn"

@@ -55,6 +55,10 @@ def _crash_at(step_to_crash):
     return on_step
 
 
+# The resumed run's DataLoader workers start after torch has run: a fork then can hang
+# the child, and Python 3.12 warned here ("multi-threaded, use of fork()") in full-suite
+# runs until the trainer started them with parallel.worker_context; now that is an error.
+@pytest.mark.filterwarnings("error:.*use of fork:DeprecationWarning")
 def test_resume_is_exact(tmp_path):
     data = Squares(10)  # 10 samples, 4 per step: epochs end mid-step
     full = fit(_model(), data, _config(), tmp_path / "full")
