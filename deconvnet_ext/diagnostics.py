@@ -47,19 +47,29 @@ def _gt_records(sample):
     return instance_records(sample.label, sample.instances, sample.name)
 
 
-def proposal_recall(dataset, config: InferenceConfig, limit: Optional[int] = None) -> dict:
-    """Recall of ``config``'s proposals (before context padding) over ``dataset``'s
-    instances: {"overall": {"0.5": r, "0.7": r}, "by_size": {bucket: {"instances": n,
-    "0.5": r, "0.7": r}}, "proposals_per_image": mean}."""
+def raw_proposals(dataset, config: InferenceConfig, limit: Optional[int] = None
+                  ) -> List[np.ndarray]:
+    """``config``'s proposals of ``dataset``'s first ``limit`` images (all: None) before
+    context padding, int64 (K,4) each: what recall and the ceilings score. Computed once
+    by ``run_diagnostics`` for both (selective search is most of their time)."""
     raw = dataclasses.replace(config, context=1.0)
     total = len(dataset) if limit is None else min(limit, len(dataset))
+    return [proposal_boxes(dataset[i].image, raw).numpy() for i in range(total)]
+
+
+def proposal_recall(dataset, config: InferenceConfig, limit: Optional[int] = None,
+                    proposals: Optional[Sequence[np.ndarray]] = None) -> dict:
+    """Recall of ``config``'s proposals (before context padding) over ``dataset``'s
+    instances: {"overall": {"0.5": r, "0.7": r}, "by_size": {bucket: {"instances": n,
+    "0.5": r, "0.7": r}}, "proposals_per_image": mean}. ``proposals``: those of
+    ``raw_proposals(dataset, config, limit)``, computed here when None."""
+    if proposals is None:
+        proposals = raw_proposals(dataset, config, limit)
     best_iou: List[float] = []
     areas: List[float] = []
     counts = []
-    for i in range(total):
-        sample = dataset[i]
-        records = _gt_records(sample)
-        boxes = proposal_boxes(sample.image, raw).numpy()
+    for i, boxes in enumerate(proposals):
+        records = _gt_records(dataset[i])
         counts.append(len(boxes))
         if not records:
             continue
@@ -124,26 +134,29 @@ def ceiling_picks(proposals: np.ndarray, objects: np.ndarray) -> Dict[str, np.nd
 
 
 def ceiling_confusions(dataset, deconvnet: torch.nn.Module, config: InferenceConfig,
-                       limit: Optional[int] = None) -> Dict[str, ConfusionMatrix]:
+                       limit: Optional[int] = None,
+                       proposals: Optional[Sequence[np.ndarray]] = None
+                       ) -> Dict[str, ConfusionMatrix]:
     """DeconvNet fed only the proposals ``ceiling_picks`` keeps ({key of CEILINGS:
     confusion}): ``config``'s proposals, context and aggregation, every kept crop
     aggregated (the selection replaces the proposal scorer). An image where nothing is
     kept is all background, as a pipeline that keeps no crop would paint it. Only the
-    kept crops go through the network: a few per image."""
+    kept crops go through the network: a few per image (each set in its own batches, so
+    each row is the pipeline fed those boxes, bit for bit). ``proposals``: those of
+    ``raw_proposals(dataset, config, limit)``, computed here when None."""
+    if proposals is None:
+        proposals = raw_proposals(dataset, config, limit)
     every = dataclasses.replace(config, min_objectness=0.0)
-    raw = dataclasses.replace(config, context=1.0)
-    total = len(dataset) if limit is None else min(limit, len(dataset))
     cms = {key: ConfusionMatrix(deconvnet.num_classes) for key, _ in CEILINGS}
-    for i in range(total):
+    for i, image_proposals in enumerate(proposals):
         sample = dataset[i]
         height, width = sample.label.shape
-        proposals = proposal_boxes(sample.image, raw).numpy()
         objects = np.asarray([box for _, box, _ in _gt_records(sample)], np.int64)
-        for key, picked in ceiling_picks(proposals, objects).items():
+        for key, picked in ceiling_picks(image_proposals, objects).items():
             if len(picked) == 0:
                 cms[key].update(sample.label, np.zeros((height, width), np.uint8))
                 continue
-            boxes = proposals[picked]
+            boxes = image_proposals[picked]
             if config.context != 1.0:
                 boxes = np.asarray(add_context(boxes, (height, width), config.context))
             boxes = torch.as_tensor(boxes, dtype=torch.int64).reshape(-1, 4)
@@ -172,13 +185,14 @@ def run_diagnostics(dataset, deconvnet: torch.nn.Module, config: InferenceConfig
                     limit: Optional[int] = None) -> dict:
     """Every measurement, JSON-ready (percent for mean IU, fractions for recall)."""
     oracle = oracle_confusion(dataset, deconvnet, config, limit)
-    ceilings = ceiling_confusions(dataset, deconvnet, config, limit)
+    proposals = raw_proposals(dataset, config, limit)
+    ceilings = ceiling_confusions(dataset, deconvnet, config, limit, proposals)
     crop = crop_confusion(dataset if limit is None else _Head(dataset, limit), deconvnet)
     return {"oracle_boxes_mean_iu": 100 * oracle.mean_iou(),
             "oracle_boxes_pixel_acc": 100 * oracle.pixel_accuracy(),
             **{f"{key}_mean_iu": 100 * cm.mean_iou() for key, cm in ceilings.items()},
             "crop_mean_iu": 100 * crop.mean_iou(),
-            "recall": proposal_recall(dataset, config, limit)}
+            "recall": proposal_recall(dataset, config, limit, proposals)}
 
 
 class _Head:
@@ -237,6 +251,6 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-__all__: Sequence[str] = ("proposal_recall", "oracle_confusion", "ceiling_picks",
+__all__: Sequence[str] = ("raw_proposals", "proposal_recall", "oracle_confusion", "ceiling_picks",
                           "ceiling_confusions", "crop_confusion", "run_diagnostics",
                           "diagnostics_markdown", "SIZE_BUCKETS", "CEILINGS")

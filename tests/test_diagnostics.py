@@ -129,7 +129,12 @@ def test_crop_confusion_scores_every_labelled_crop_pixel(val, net):
 
 
 def test_run_diagnostics_and_its_table(val, net):
-    diag = run_diagnostics(val, net, InferenceConfig(max_proposals=10), limit=2)
+    config = InferenceConfig(max_proposals=10)
+    diag = run_diagnostics(val, net, config, limit=2)
+    # the proposals it computes once serve recall and the ceilings as their own would
+    assert diag["recall"] == proposal_recall(val, config, limit=2)
+    for key, cm in ceiling_confusions(val, net, config, limit=2).items():
+        assert diag[f"{key}_mean_iu"] == 100 * cm.mean_iou()
     assert 0 <= diag["oracle_boxes_mean_iu"] <= 100 and 0 <= diag["crop_mean_iu"] <= 100
     assert 0 <= diag["perfect_scorer_mean_iu"] <= 100 and 0 <= diag["best_proposal_mean_iu"] <= 100
     text = diagnostics_markdown(diag, {"deconvnet_stage1": {"steps": 3, "seconds": 1.0,
