@@ -427,12 +427,14 @@ def kept_crops(maps: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int
 
 
 def deconvnet_image_scores(model: torch.nn.Module, image: np.ndarray, boxes: torch.Tensor,
-                           maps: torch.Tensor, config: InferenceConfig) -> torch.Tensor:
+                           maps: torch.Tensor, config: InferenceConfig,
+                           timer: Optional["StageTimer"] = None) -> torch.Tensor:
     """One image's aggregated DeconvNet scores (float32 (C,H,W), pre-softmax) from its
     proposal crops' maps (``deconvnet_crop_maps``): ``aggregate_crop_maps`` with the
     model's proposal scorer; with ``config.region_crops`` a second pass adds a crop
     of each connected object region the first found (``proposal_refinement.region_boxes``,
-    enlarged by ``config.context``) to the kept proposal crops and aggregates again.
+    enlarged by ``config.context``) to the kept proposal crops and aggregates again;
+    ``timer`` (a ``StageTimer``) then counts that pass's forward as "network".
 
     Why: a proposal that holds an object rarely frames it as the training crops did
     (ground-truth box with context); the region's box does, once a few loose crops have
@@ -462,7 +464,8 @@ def deconvnet_image_scores(model: torch.nn.Module, image: np.ndarray, boxes: tor
     if config.context != 1.0:
         regions = add_context(regions, size, config.context)
     regions = torch.as_tensor(np.asarray(regions), dtype=torch.int64).reshape(-1, 4)
-    region_maps = deconvnet_crop_maps(model, image, regions, config).to(maps.device)
+    with (timer or StageTimer())("network", _model_device(model)):
+        region_maps = deconvnet_crop_maps(model, image, regions, config).to(maps.device)
     return aggregate_crop_maps(torch.cat([maps, region_maps]),
                                torch.cat([boxes, regions.to(boxes.device)]), size, every)
 
@@ -588,20 +591,30 @@ class StageTimer:
     >>> with timer("network", device):   # waits for the device's queued work at the end
     ...     ...
     >>> timer.seconds                     # {"decode": 0.0, ..., "network": 1.2, ...}
+
+    Stages nest: a stage timed inside another is counted once, in its own entry, and
+    taken out of the enclosing one's (the region crops' forward pass inside
+    "aggregation" counts as "network"), so the entries add up to the wall time.
     """
 
     def __init__(self) -> None:
         self.seconds: Dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._inner: List[float] = []  # per open stage: seconds of the stages inside it
 
     @contextlib.contextmanager
     def __call__(self, stage: str, device: Optional[torch.device] = None):
         start = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
             if device is not None and device.type == "cuda":
                 torch.cuda.synchronize(device)
-            self.seconds[stage] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            inner = self._inner.pop()
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - inner
+            if self._inner:
+                self._inner[-1] += elapsed
 
     def add(self, seconds: Dict[str, float]) -> None:
         for stage, value in seconds.items():
@@ -657,7 +670,7 @@ def network_rows(image: np.ndarray, deconvnet: Optional[torch.nn.Module],
             rows["FCN-8s"] = torch.softmax(fcn_logits, dim=0).cpu().numpy()
         if need_deconv:
             deconv_probs = torch.softmax(deconvnet_image_scores(
-                deconvnet, image, boxes, maps, config), dim=0)
+                deconvnet, image, boxes, maps, config, timer), dim=0)
             if "DeconvNet" in rows_needed:
                 rows["DeconvNet"] = deconv_probs.cpu().numpy()
             if "EDeconvNet" in rows_needed:

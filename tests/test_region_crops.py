@@ -139,3 +139,82 @@ def test_region_crops_option():
     assert inference_config_from_args(parser.parse_args(["--region-crops"])).region_crops
     assert not inference_config_from_args(
         parser.parse_args(["--no-region-crops"])).region_crops
+
+
+class _Clock:
+    """A stand-in for time.perf_counter that moves only when told to."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_stage_timer_counts_a_nested_stage_once(monkeypatch):
+    """A stage timed inside another is taken out of the enclosing one, so the entries
+    add up to the wall time (the clock is faked; StageTimer itself is real)."""
+    from deconvnet_ext import infer
+
+    clock = _Clock()
+    monkeypatch.setattr(infer.time, "perf_counter", clock)
+    timer = infer.StageTimer()
+    with timer("aggregation"):
+        clock.now += 1.0
+        with timer("network"):
+            clock.now += 2.0
+            with timer("proposals"):
+                clock.now += 4.0
+        clock.now += 8.0
+    with timer("network"):
+        clock.now += 16.0
+    assert timer.seconds["aggregation"] == 9.0
+    assert timer.seconds["network"] == 18.0
+    assert timer.seconds["proposals"] == 4.0
+    assert sum(timer.seconds.values()) == clock.now
+    with pytest.raises(RuntimeError):  # an exception inside still closes the stage
+        with timer("crf"):
+            clock.now += 32.0
+            raise RuntimeError("boom")
+    assert timer.seconds["crf"] == 32.0 and timer._inner == []
+
+
+class _RecordingTimer:
+    """A StageTimer that also records which stages were opened inside which."""
+
+    def __init__(self):
+        from deconvnet_ext.infer import StageTimer
+
+        self.timer, self.open, self.calls = StageTimer(), [], []
+
+    def __call__(self, stage, device=None):
+        import contextlib
+
+        @contextlib.contextmanager
+        def record():
+            self.calls.append(tuple(self.open) + (stage,))
+            self.open.append(stage)
+            try:
+                with self.timer(stage, device):
+                    yield
+            finally:
+                self.open.pop()
+        return record()
+
+
+def test_the_region_crops_forward_is_timed_as_network(model):
+    """With region crops, network_rows times the second forward pass as "network" (it
+    runs inside the aggregation), and the rows are those of an untimed call."""
+    from deconvnet_ext.infer import network_rows
+
+    config = InferenceConfig(aggregation="topk", region_crops=True, uncovered_background=0.3)
+    image, boxes = _image_and_boxes(4)
+    recorder = _RecordingTimer()
+    rows = network_rows(image, model, None, config, ("DeconvNet",), boxes, recorder)
+    assert ("aggregation", "network") in recorder.calls
+    plain = network_rows(image, model, None, config, ("DeconvNet",), boxes)
+    np.testing.assert_array_equal(rows["DeconvNet"], plain["DeconvNet"])
+    recorder = _RecordingTimer()
+    network_rows(image, model, None, dataclasses.replace(config, region_crops=False),
+                 ("DeconvNet",), boxes, recorder)
+    assert ("aggregation", "network") not in recorder.calls
