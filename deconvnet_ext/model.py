@@ -87,7 +87,12 @@ def parameter_count(model: nn.Module) -> int:
 
 def grouped_switches(switches: PoolSwitches, groups: int) -> PoolSwitches:
     """The switches of a C-channel pool for unpooling ``groups * C`` channels: channel
-    c + j*C is put back where channel c's max was (a decoder wider than its encoder)."""
+    c + j*C is put back where channel c's max was (a decoder wider than its encoder).
+
+    The repeat copies the switches on every forward; measured on the tiny config (batch
+    8 of 64x64, 2 threads, 2026-12-07) that is 0.13 ms of a ~90 ms training step, so a
+    copy-free variant (an unpool kernel reading switches by channel modulo) is not worth
+    a second op signature."""
     if groups == 1:
         return switches
     return switches._replace(switches=switches.switches.repeat(1, groups, 1, 1))
