@@ -3,38 +3,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import deconvnet_ext as dx
 from deconvnet_ext import reference
 from deconvnet_ext.data.transforms import image_to_tensor
 from deconvnet_ext.infer import (VARIANTS, InferenceConfig, crop_and_resize,
                                  deconvnet_scores, ensemble, fcn_scores, predict_variants,
                                  proposal_boxes)
 
-NUM_CLASSES = 5
-
-
-@pytest.fixture(scope="module")
-def tiny_deconvnet():
-    torch.manual_seed(0)
-    model = dx.DeconvNet(num_classes=NUM_CLASSES, arch="tiny").eval()
-    # The score layer starts at std 0.01 (scores of ~1e-3, nearly flat); widen it alone so
-    # the maps differ clearly between pixels and proposals. (Scaling every conv instead
-    # grows the scores geometrically with depth, to ~1e7, where torch's own conv rounding
-    # under different batch groupings exceeds any sensible relative tolerance.)
-    with torch.no_grad():
-        model.score.weight.mul_(300.0)
-        model.score.bias.mul_(300.0)
-    return model
-
-
-@pytest.fixture(scope="module")
-def tiny_fcn():
-    torch.manual_seed(1)
-    model = dx.FCN8s(num_classes=NUM_CLASSES, arch="tiny").eval()
-    with torch.no_grad():
-        for p in model.parameters():  # FCN's score layers start at zero: give them values
-            p.add_(0.05 * torch.randn_like(p))
-    return model
+NUM_CLASSES = 5  # the classes of conftest.py's tiny_deconvnet and tiny_fcn
 
 
 def _images():
