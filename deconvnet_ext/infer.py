@@ -488,7 +488,10 @@ def deconvnet_image_scores(model: torch.nn.Module, image: np.ndarray, boxes: tor
     if config.context != 1.0:
         regions = add_context(regions, size, config.context)
     regions = torch.as_tensor(np.asarray(regions), dtype=torch.int64).reshape(-1, 4)
-    with (timer or StageTimer())("network", _model_device(model)):
+    # no timer: no throwaway one either (a StageTimer synchronises a CUDA device)
+    timing = (timer("network", _model_device(model)) if timer is not None
+              else contextlib.nullcontext())
+    with timing:
         region_maps = deconvnet_crop_maps(model, image, regions, config).to(maps.device)
     return aggregate_crop_maps(torch.cat([maps, region_maps]),
                                torch.cat([boxes, regions.to(boxes.device)]), size, every)
@@ -639,7 +642,7 @@ class StageTimer:
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - start
             inner = self._inner.pop()
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed - inner
+            self.seconds[stage] += elapsed - inner
             if self._inner:
                 self._inner[-1] += elapsed
 
